@@ -1,0 +1,329 @@
+//! The HTTP API (axum): what the CLI, scripts and tests use. JSON everywhere; every error is
+//! `{"error": "..."}` with a status that fits. Request bodies are bounded.
+//!
+//! ```text
+//! PUT  /v1/modules?name=NAME   raw wasm bytes       -> {"hash","size"}      (validated + compiled)
+//! GET  /v1/modules/{hash}      -> raw bytes (HEAD: does the node have it?)
+//! POST /v1/dags                SubmitRequest        -> 201 {"id"}            (after it is durable)
+//! GET  /v1/dags?limit=N        -> [DagSummary]
+//! GET  /v1/dags/{id}?tasks=BOOL&after=VERSION&wait_ms=MS -> DagView   (long poll when `after`)
+//! POST /v1/dags/{id}/cancel    -> DagView
+//! GET  /v1/status              -> StatusView
+//! ```
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use bx3_protocol::api::{
+    ErrorBody, ExecutorsView, ModuleUploaded, StatusView, SubmitRequest, SubmitResponse,
+};
+use bx3_protocol::dag::parse_dag;
+use bx3_protocol::ids::DagId;
+use serde::Deserialize;
+use tokio::sync::Semaphore;
+
+use crate::controller::{ControllerError, Handle};
+use crate::executor::runtime::Runtime;
+use crate::store::modules::{is_hash, sha256_hex};
+use crate::store::{ModuleStore, SpecRecord};
+
+/// Largest module accepted.
+pub const MAX_MODULE_BYTES: usize = 64 * 1024 * 1024;
+/// Largest DAG submission (the YAML plus the module table).
+pub const MAX_SUBMIT_BYTES: usize = 32 * 1024 * 1024;
+/// Longest a long poll waits before answering with the unchanged DAG.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// Facts about the node that do not change while it runs.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    pub peer_id: String,
+    pub ram_per_executor_mb: u64,
+    pub min_free_ram_mb: u64,
+    pub available_ram_mb: u64,
+    pub max_executors: Option<usize>,
+}
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub controller: Handle,
+    pub modules: ModuleStore,
+    /// Where compiled modules are cached (shared with the executor processes).
+    pub compiled_dir: PathBuf,
+    pub info: Arc<NodeInfo>,
+    /// Bounds concurrent module compilations (each takes a CPU for a while).
+    pub compile_slots: Arc<Semaphore>,
+}
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route(
+            "/v1/modules",
+            put(put_module).layer(DefaultBodyLimit::max(MAX_MODULE_BYTES)),
+        )
+        .route("/v1/modules/{hash}", get(get_module))
+        .route(
+            "/v1/dags",
+            post(submit)
+                .get(list)
+                .layer(DefaultBodyLimit::max(MAX_SUBMIT_BYTES)),
+        )
+        .route("/v1/dags/{id}", get(get_dag))
+        .route("/v1/dags/{id}/cancel", post(cancel))
+        .route("/v1/status", get(status))
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no such endpoint; see README for the API",
+            )
+        })
+        .with_state(state)
+}
+
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(ErrorBody {
+                error: self.message,
+            }),
+        )
+            .into_response()
+    }
+}
+
+impl From<ControllerError> for ApiError {
+    fn from(e: ControllerError) -> ApiError {
+        let status = match &e {
+            ControllerError::NotFound(_) => StatusCode::NOT_FOUND,
+            ControllerError::AlreadyFinished(..) => StatusCode::CONFLICT,
+            ControllerError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+            ControllerError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(e: BytesRejection) -> ApiError {
+        ApiError::new(e.status(), e.body_text())
+    }
+}
+
+fn parse_id(id: &str) -> Result<DagId, ApiError> {
+    id.parse().map_err(|e: bx3_protocol::ids::BadDagId| {
+        ApiError::new(StatusCode::NOT_FOUND, e.to_string())
+    })
+}
+
+#[derive(Deserialize)]
+struct ModuleQuery {
+    name: Option<String>,
+}
+
+async fn put_module(
+    State(st): State<ApiState>,
+    Query(q): Query<ModuleQuery>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<ModuleUploaded>, ApiError> {
+    let bytes = body?;
+    let name = q.name.unwrap_or_else(|| "module".into());
+    let hash = sha256_hex(&bytes);
+    let size = bytes.len() as u64;
+    if !st.modules.contains(&hash) {
+        let _slot = st.compile_slots.acquire().await.map_err(|_| {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the node is shutting down")
+        })?;
+        let dir = st.compiled_dir.clone();
+        let (h, b) = (hash.clone(), bytes.clone());
+        // Compiling is CPU work: off the async threads. It also proves the module is one we
+        // can run, so a bad module is refused now, naming the file, not at its first task.
+        let checked = tokio::task::spawn_blocking(move || {
+            Runtime::new(dir).and_then(|mut rt| rt.prepare(&h, &b))
+        })
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("compiler crashed: {e}"),
+            )
+        })?;
+        if let Err(e) = checked {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("{name} is not a usable WASI module: {e}"),
+            ));
+        }
+        st.modules.put(&bytes).map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("could not store {name}: {e}"),
+            )
+        })?;
+        tracing::info!(%name, %hash, size, "module stored");
+    }
+    Ok(Json(ModuleUploaded { hash, size }))
+}
+
+async fn get_module(
+    State(st): State<ApiState>,
+    Path(hash): Path<String>,
+) -> Result<Response, ApiError> {
+    if !is_hash(&hash) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("{hash:?} is not a module hash (64 hex digits)"),
+        ));
+    }
+    match st.modules.get(&hash) {
+        Ok(Some(bytes)) => {
+            Ok(([(header::CONTENT_TYPE, "application/wasm")], bytes).into_response())
+        }
+        Ok(None) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("module {hash} is not on this node"),
+        )),
+        Err(e) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("could not read module {hash}: {e}"),
+        )),
+    }
+}
+
+async fn submit(
+    State(st): State<ApiState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<SubmitResponse>), ApiError> {
+    let body = body?;
+    let req: SubmitRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("bad submit request: {e}")))?;
+    let origin = req.source.clone().unwrap_or_else(|| "DAG".into());
+    let dag = parse_dag(&req.yaml).map_err(|e| ApiError::bad_request(format!("{origin}: {e}")))?;
+    let mut modules = std::collections::BTreeMap::new();
+    for name in dag.module_names() {
+        let Some(hash) = req.modules.get(&name) else {
+            return Err(ApiError::bad_request(format!(
+                "{origin}: module {name} is used by the DAG but was not uploaded with it"
+            )));
+        };
+        if !st.modules.contains(hash) {
+            return Err(ApiError::bad_request(format!(
+                "{origin}: module {name} ({hash}) is not on this node; upload it first (PUT /v1/modules)"
+            )));
+        }
+        modules.insert(name, hash.clone());
+    }
+    let id = st
+        .controller
+        .submit(SpecRecord { dag, modules }, req.source)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(SubmitResponse { id: id.to_string() }),
+    ))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    limit: Option<usize>,
+}
+
+async fn list(
+    State(st): State<ApiState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    let list = st
+        .controller
+        .list(q.limit.unwrap_or(100).min(10_000))
+        .await?;
+    Ok(Json(list).into_response())
+}
+
+#[derive(Deserialize)]
+struct DagQuery {
+    tasks: Option<bool>,
+    /// Answer once the DAG's version is above this (or it finished, or `wait_ms` passed).
+    after: Option<u64>,
+    wait_ms: Option<u64>,
+}
+
+async fn get_dag(
+    State(st): State<ApiState>,
+    Path(id): Path<String>,
+    Query(q): Query<DagQuery>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let tasks = q.tasks.unwrap_or(true);
+    let Some(after) = q.after else {
+        return Ok(Json(st.controller.get(id, tasks).await?).into_response());
+    };
+    let wait = Duration::from_millis(q.wait_ms.unwrap_or(30_000)).min(MAX_WAIT);
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut changes = st.controller.changes();
+    loop {
+        changes.borrow_and_update();
+        let view = st.controller.get(id, tasks).await?;
+        if view.version > after || view.state.is_terminal() {
+            return Ok(Json(view).into_response());
+        }
+        match tokio::time::timeout_at(deadline, changes.changed()).await {
+            Ok(Ok(())) => continue,
+            // Timed out, or the controller stopped: answer with what we have.
+            _ => return Ok(Json(view).into_response()),
+        }
+    }
+}
+
+async fn cancel(State(st): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    Ok(Json(st.controller.cancel(id).await?).into_response())
+}
+
+async fn status(State(st): State<ApiState>) -> Result<Json<StatusView>, ApiError> {
+    let local = st.controller.status().await?;
+    let info = &st.info;
+    Ok(Json(StatusView {
+        peer_id: info.peer_id.clone(),
+        // Alone, a node is its own controller; the mesh's election fills these in.
+        leader: Some(info.peer_id.clone()),
+        term: 0,
+        listen_addrs: Vec::new(),
+        executors: ExecutorsView {
+            total: local.executors_total as u64,
+            busy: local.executors_busy as u64,
+            ram_per_executor_mb: info.ram_per_executor_mb,
+            available_ram_mb: info.available_ram_mb,
+            min_free_ram_mb: info.min_free_ram_mb,
+            max_executors: info.max_executors.map(|m| m as u64),
+        },
+        peers: Vec::new(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        dags_active: local.dags_active as u64,
+    }))
+}

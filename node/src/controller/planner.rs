@@ -1,0 +1,568 @@
+//! The DAG scheduler as a pure state machine: no clock, no I/O, no channels.
+//!
+//! The controller actor feeds it submissions, results and cancellations, asks it for the next
+//! assignment while executors are free, and persists whatever it marks dirty. Keeping it free
+//! of I/O is what lets the simulator and property tests drive it directly.
+//!
+//! Fair sharing: runs with ready tasks sit in a round-robin queue and each assignment takes one
+//! task from the run at the front, so a 3-task DAG submitted behind a 10,000-task DAG gets
+//! every other free executor instead of waiting for the big one to drain.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use bx3_protocol::api::{Counts, DagState, TaskState};
+use bx3_protocol::ids::DagId;
+
+use crate::store::{DagMeta, SpecRecord, TaskRecord};
+
+/// One task handed to an executor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assignment {
+    pub dag: DagId,
+    pub task: u32,
+    /// 1-based attempt number; a result for an older attempt is stale and ignored.
+    pub attempt: u32,
+    pub module: String,
+    pub module_hash: String,
+    /// argv[0] is the module file name, argv[1..] the resolved inputs.
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub stdin: String,
+    pub timeout_ms: u64,
+    pub memory_mb: Option<u64>,
+}
+
+/// How an attempt ended.
+pub type Outcome = Result<String, String>;
+
+/// An in-flight DAG.
+#[derive(Debug)]
+pub struct Run {
+    pub meta: DagMeta,
+    pub spec: Arc<SpecRecord>,
+    pub tasks: Vec<TaskRecord>,
+    /// Per task: dependencies not yet succeeded.
+    waiting: Vec<u32>,
+    dependents: Vec<Vec<u32>>,
+    /// Tasks whose dependencies all succeeded, in the order they became ready.
+    ready: VecDeque<u32>,
+    /// Whether this run sits in the planner's round-robin queue.
+    queued: bool,
+}
+
+impl Run {
+    pub fn is_finished(&self) -> bool {
+        self.meta.state.is_terminal()
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Planner {
+    runs: HashMap<DagId, Run>,
+    /// Runs that may have ready tasks, served one task at a time in turn.
+    rr: VecDeque<DagId>,
+    dirty_tasks: HashSet<(DagId, u32)>,
+    dirty_runs: HashSet<DagId>,
+}
+
+/// What changed since the last `take_dirty`, for the actor to persist.
+#[derive(Debug, Default)]
+pub struct Dirty {
+    pub tasks: Vec<(DagId, u32)>,
+    pub runs: Vec<DagId>,
+}
+
+impl Planner {
+    pub fn new() -> Planner {
+        Planner::default()
+    }
+
+    pub fn run(&self, id: &DagId) -> Option<&Run> {
+        self.runs.get(id)
+    }
+
+    pub fn runs(&self) -> impl Iterator<Item = (&DagId, &Run)> {
+        self.runs.iter()
+    }
+
+    pub fn active_count(&self) -> usize {
+        self.runs.len()
+    }
+
+    /// Adds a DAG, new or recovered from the store. Tasks found `running` were interrupted by
+    /// a crash: they go back to pending and the interrupted attempt is not counted, since it
+    /// never ended. Succeeded tasks keep their outputs and are never run again.
+    pub fn add(
+        &mut self,
+        id: DagId,
+        meta: DagMeta,
+        spec: Arc<SpecRecord>,
+        mut tasks: Vec<TaskRecord>,
+    ) {
+        let n = spec.dag.tasks.len();
+        tasks.resize(n, TaskRecord::default());
+        let dependents: Vec<Vec<u32>> = spec.dag.dependents();
+        let mut run = Run {
+            meta,
+            spec,
+            tasks,
+            waiting: vec![0; n],
+            dependents,
+            ready: VecDeque::new(),
+            queued: false,
+        };
+        let mut recovered = false;
+        for t in run.tasks.iter_mut() {
+            if t.state == TaskState::Running {
+                t.state = TaskState::Pending;
+                t.attempts = t.attempts.saturating_sub(1);
+                recovered = true;
+            }
+        }
+        let mut counts = Counts::default();
+        for (i, task) in run.spec.dag.tasks.iter().enumerate() {
+            counts.add(run.tasks[i].state);
+            run.waiting[i] = task
+                .deps
+                .iter()
+                .filter(|&&d| run.tasks[d as usize].state != TaskState::Succeeded)
+                .count() as u32;
+        }
+        counts.total = n as u64;
+        run.meta.counts = counts;
+        // A dependency that failed (or was skipped, or cancelled) while its dependents were
+        // still pending, e.g. a crash between the two writes: finish the skip now.
+        let mut to_skip = Vec::new();
+        for (i, t) in run.tasks.iter().enumerate() {
+            if matches!(t.state, TaskState::Failed | TaskState::Skipped) {
+                to_skip.push(i as u32);
+            }
+        }
+        for (i, t) in run.tasks.iter().enumerate() {
+            if t.state == TaskState::Pending && run.waiting[i] == 0 {
+                run.ready.push_back(i as u32);
+            }
+        }
+        self.runs.insert(id, run);
+        for i in to_skip {
+            self.skip_dependents(id, i);
+        }
+        if recovered {
+            self.touch(id);
+        }
+        self.enqueue(id);
+        self.check_finished(id, None);
+    }
+
+    /// Removes a finished run from memory (its records stay in the store).
+    pub fn evict(&mut self, id: &DagId) -> Option<Run> {
+        let run = self.runs.remove(id)?;
+        self.rr.retain(|r| r != id);
+        Some(run)
+    }
+
+    fn enqueue(&mut self, id: DagId) {
+        if let Some(run) = self.runs.get_mut(&id) {
+            if !run.queued && !run.ready.is_empty() && !run.meta.state.is_terminal() {
+                run.queued = true;
+                self.rr.push_back(id);
+            }
+        }
+    }
+
+    fn touch(&mut self, id: DagId) {
+        if let Some(run) = self.runs.get_mut(&id) {
+            run.meta.version += 1;
+            self.dirty_runs.insert(id);
+        }
+    }
+
+    fn set_state(&mut self, id: DagId, idx: u32, state: TaskState) {
+        if let Some(run) = self.runs.get_mut(&id) {
+            let t = &mut run.tasks[idx as usize];
+            run.meta.counts.remove(t.state);
+            run.meta.counts.add(state);
+            t.state = state;
+            self.dirty_tasks.insert((id, idx));
+        }
+        self.touch(id);
+    }
+
+    /// Takes the next task to run, round-robin over runs, or `None` when nothing is ready.
+    pub fn next_assignment(&mut self, node: &str) -> Option<Assignment> {
+        while let Some(id) = self.rr.pop_front() {
+            let Some(run) = self.runs.get_mut(&id) else {
+                continue;
+            };
+            run.queued = false;
+            let Some(idx) = run.ready.pop_front() else {
+                continue;
+            };
+            if run.tasks[idx as usize].state != TaskState::Pending {
+                // Cancelled or skipped after it became ready.
+                self.enqueue(id);
+                continue;
+            }
+            let spec = Arc::clone(&run.spec);
+            let task = &spec.dag.tasks[idx as usize];
+            let record = &mut run.tasks[idx as usize];
+            record.attempts += 1;
+            record.node = Some(node.to_string());
+            let attempt = record.attempts;
+            let outputs = &run.tasks;
+            let inputs = spec.dag.resolve_inputs(idx as usize, |i| {
+                outputs[i as usize].output.as_deref().unwrap_or("")
+            });
+            let mut argv = Vec::with_capacity(inputs.len() + 1);
+            argv.push(task.module.clone());
+            argv.extend(inputs);
+            if run.meta.state == DagState::Pending {
+                run.meta.state = DagState::Running;
+            }
+            let assignment = Assignment {
+                dag: id,
+                task: idx,
+                attempt,
+                module: task.module.clone(),
+                module_hash: spec.modules.get(&task.module).cloned().unwrap_or_default(),
+                argv,
+                env: task
+                    .env
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                stdin: task.stdin.clone(),
+                timeout_ms: task.timeout_ms,
+                memory_mb: task.memory_mb,
+            };
+            self.set_state(id, idx, TaskState::Running);
+            self.enqueue(id);
+            return Some(assignment);
+        }
+        None
+    }
+
+    /// Records how an attempt ended. Returns false (and changes nothing) for a stale result:
+    /// unknown DAG, task not running, or an attempt other than the current one.
+    pub fn on_result(
+        &mut self,
+        dag: DagId,
+        idx: u32,
+        attempt: u32,
+        outcome: Outcome,
+        now_ms: u64,
+    ) -> bool {
+        let Some(run) = self.runs.get_mut(&dag) else {
+            return false;
+        };
+        let Some(record) = run.tasks.get_mut(idx as usize) else {
+            return false;
+        };
+        if record.state != TaskState::Running || record.attempts != attempt {
+            return false;
+        }
+        let retries = run.spec.dag.tasks[idx as usize].retries;
+        match outcome {
+            Ok(output) => {
+                record.output = Some(output);
+                record.error = None;
+                self.set_state(dag, idx, TaskState::Succeeded);
+                let Some(run) = self.runs.get_mut(&dag) else {
+                    return true;
+                };
+                for &d in &run.dependents[idx as usize] {
+                    let w = &mut run.waiting[d as usize];
+                    *w = w.saturating_sub(1);
+                    if *w == 0 && run.tasks[d as usize].state == TaskState::Pending {
+                        run.ready.push_back(d);
+                    }
+                }
+                self.enqueue(dag);
+            }
+            Err(error) => {
+                record.error = Some(error);
+                if record.attempts <= retries {
+                    self.set_state(dag, idx, TaskState::Pending);
+                    if let Some(run) = self.runs.get_mut(&dag) {
+                        run.ready.push_back(idx);
+                    }
+                    self.enqueue(dag);
+                } else {
+                    self.set_state(dag, idx, TaskState::Failed);
+                    self.skip_dependents(dag, idx);
+                }
+            }
+        }
+        self.check_finished(dag, Some(now_ms));
+        true
+    }
+
+    /// Marks every transitive dependent of `idx` that has not run as skipped.
+    fn skip_dependents(&mut self, dag: DagId, idx: u32) {
+        let Some(run) = self.runs.get(&dag) else {
+            return;
+        };
+        let mut stack: Vec<u32> = run.dependents[idx as usize].clone();
+        let mut to_skip = Vec::new();
+        let mut seen = HashSet::new();
+        while let Some(d) = stack.pop() {
+            if !seen.insert(d) {
+                continue;
+            }
+            if run.tasks[d as usize].state == TaskState::Pending {
+                to_skip.push(d);
+                stack.extend(run.dependents[d as usize].iter().copied());
+            }
+        }
+        for d in to_skip {
+            if let Some(run) = self.runs.get_mut(&dag) {
+                run.tasks[d as usize].error = Some(format!(
+                    "skipped: upstream task {:?} did not succeed",
+                    run.spec.dag.tasks[idx as usize].id
+                ));
+            }
+            self.set_state(dag, d, TaskState::Skipped);
+        }
+    }
+
+    /// Cancels a DAG. Returns the tasks that were running (their attempts are abandoned; the
+    /// caller stops them) or `None` if the DAG is unknown or already finished.
+    pub fn cancel(&mut self, dag: DagId, now_ms: u64) -> Option<Vec<u32>> {
+        let run = self.runs.get(&dag)?;
+        if run.is_finished() {
+            return None;
+        }
+        let mut running = Vec::new();
+        let mut to_cancel = Vec::new();
+        for (i, t) in run.tasks.iter().enumerate() {
+            match t.state {
+                TaskState::Running => {
+                    running.push(i as u32);
+                    to_cancel.push(i as u32);
+                }
+                TaskState::Pending => to_cancel.push(i as u32),
+                _ => {}
+            }
+        }
+        for i in to_cancel {
+            self.set_state(dag, i, TaskState::Cancelled);
+        }
+        if let Some(run) = self.runs.get_mut(&dag) {
+            run.ready.clear();
+            run.meta.state = DagState::Cancelled;
+            run.meta.finished_at_ms = Some(now_ms);
+        }
+        self.touch(dag);
+        Some(running)
+    }
+
+    /// Sets the DAG's final state once every task is final.
+    fn check_finished(&mut self, dag: DagId, now_ms: Option<u64>) {
+        let Some(run) = self.runs.get_mut(&dag) else {
+            return;
+        };
+        if run.is_finished() || run.meta.counts.done() < run.meta.counts.total {
+            return;
+        }
+        let c = run.meta.counts;
+        run.meta.state = if c.cancelled > 0 {
+            DagState::Cancelled
+        } else if c.failed > 0 || c.skipped > 0 {
+            DagState::Failed
+        } else {
+            DagState::Succeeded
+        };
+        run.meta.finished_at_ms = Some(now_ms.unwrap_or(run.meta.created_at_ms));
+        self.touch(dag);
+    }
+
+    /// What changed since the last call, for the actor to write.
+    pub fn take_dirty(&mut self) -> Dirty {
+        Dirty {
+            tasks: self.dirty_tasks.drain().collect(),
+            runs: self.dirty_runs.drain().collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bx3_protocol::dag::parse_dag;
+    use std::collections::BTreeMap;
+
+    fn add(p: &mut Planner, yaml: &str, seed: u32) -> DagId {
+        let dag = parse_dag(yaml).expect("valid dag");
+        let modules: BTreeMap<String, String> = dag
+            .module_names()
+            .into_iter()
+            .map(|m| (m, "ab".repeat(32)))
+            .collect();
+        let id = DagId::new(1000, seed);
+        let meta = DagMeta {
+            name: dag.name.clone(),
+            description: None,
+            source: None,
+            state: DagState::Pending,
+            created_at_ms: 1000,
+            finished_at_ms: None,
+            version: 0,
+            counts: Counts::default(),
+        };
+        p.add(id, meta, Arc::new(SpecRecord { dag, modules }), Vec::new());
+        id
+    }
+
+    const FANOUT: &str = r#"
+name: hello
+tasks:
+  - {id: init, module: init.wasm, inputs: ["world"], depends_on: []}
+  - {id: g1, module: g.wasm, inputs: ["init"], depends_on: [init]}
+  - {id: g2, module: g.wasm, inputs: ["hi ${init}"], depends_on: [init]}
+  - {id: agg, module: a.wasm, inputs: [g1, g2], depends_on: [g1, g2]}
+"#;
+
+    fn drain(p: &mut Planner) -> Vec<Assignment> {
+        std::iter::from_fn(|| p.next_assignment("me")).collect()
+    }
+
+    #[test]
+    fn fanout_runs_in_dependency_order_with_outputs_passed() {
+        let mut p = Planner::new();
+        let id = add(&mut p, FANOUT, 1);
+        let a = drain(&mut p);
+        assert_eq!(a.len(), 1, "only the root is ready");
+        assert_eq!(a[0].argv, vec!["init.wasm", "world"]);
+        assert!(p.on_result(id, 0, 1, Ok("earth".into()), 5));
+        let a = drain(&mut p);
+        assert_eq!(
+            a.iter().map(|a| a.task).collect::<Vec<_>>(),
+            vec![1, 2],
+            "both branches in parallel"
+        );
+        assert_eq!(a[0].argv, vec!["g.wasm", "earth"]);
+        assert_eq!(a[1].argv, vec!["g.wasm", "hi earth"]);
+        assert!(p.on_result(id, 1, 1, Ok("A".into()), 6));
+        assert!(drain(&mut p).is_empty(), "agg waits for g2");
+        assert!(p.on_result(id, 2, 1, Ok("B".into()), 7));
+        let a = drain(&mut p);
+        assert_eq!(a[0].argv, vec!["a.wasm", "A", "B"]);
+        assert!(p.on_result(id, 3, 1, Ok("done".into()), 8));
+        let run = p.run(&id).expect("run");
+        assert_eq!(run.meta.state, DagState::Succeeded);
+        assert_eq!(run.meta.counts.succeeded, 4);
+        assert_eq!(run.meta.finished_at_ms, Some(8));
+    }
+
+    #[test]
+    fn retries_then_fails_and_skips_only_dependents() {
+        let mut p = Planner::new();
+        let id = add(
+            &mut p,
+            r#"
+name: f
+defaults: {retries: 1}
+tasks:
+  - {id: bad, module: x.wasm}
+  - {id: after, module: x.wasm, depends_on: [bad]}
+  - {id: after2, module: x.wasm, depends_on: [after]}
+  - {id: other, module: x.wasm}
+"#,
+            2,
+        );
+        let a = drain(&mut p);
+        assert_eq!(a.len(), 2);
+        assert!(p.on_result(id, 3, 1, Ok("ok".into()), 1));
+        assert!(p.on_result(id, 0, 1, Err("boom".into()), 1));
+        let again = drain(&mut p);
+        assert_eq!((again[0].task, again[0].attempt), (0, 2), "retried once");
+        assert!(
+            !p.on_result(id, 0, 1, Err("late".into()), 1),
+            "stale attempt ignored"
+        );
+        assert!(p.on_result(id, 0, 2, Err("boom".into()), 2));
+        let run = p.run(&id).expect("run");
+        assert_eq!(run.tasks[0].state, TaskState::Failed);
+        assert_eq!(run.tasks[1].state, TaskState::Skipped);
+        assert_eq!(run.tasks[2].state, TaskState::Skipped);
+        assert_eq!(run.tasks[3].state, TaskState::Succeeded);
+        assert_eq!(run.meta.state, DagState::Failed);
+        assert!(drain(&mut p).is_empty());
+    }
+
+    #[test]
+    fn cancel_abandons_running_and_cancels_pending() {
+        let mut p = Planner::new();
+        let id = add(&mut p, FANOUT, 3);
+        drain(&mut p);
+        let running = p.cancel(id, 9).expect("cancellable");
+        assert_eq!(running, vec![0]);
+        assert!(
+            !p.on_result(id, 0, 1, Ok("late".into()), 10),
+            "late result after cancel is ignored"
+        );
+        let run = p.run(&id).expect("run");
+        assert_eq!(run.meta.state, DagState::Cancelled);
+        assert_eq!(run.meta.counts.cancelled, 4);
+        assert!(p.cancel(id, 11).is_none(), "already finished");
+    }
+
+    #[test]
+    fn small_dag_is_not_starved_behind_a_big_one() {
+        let mut p = Planner::new();
+        let mut big = String::from("name: big\ntasks:\n");
+        for i in 0..1000 {
+            big.push_str(&format!("  - {{id: t{i}, module: n.wasm}}\n"));
+        }
+        let big_id = add(&mut p, &big, 4);
+        // Big DAG already occupies the executors.
+        for _ in 0..4 {
+            p.next_assignment("me").expect("ready");
+        }
+        let small_id = add(&mut p, "name: s\ntasks:\n  - {id: a, module: n.wasm}\n  - {id: b, module: n.wasm}\n  - {id: c, module: n.wasm}\n", 5);
+        let next: Vec<DagId> = (0..6)
+            .filter_map(|_| p.next_assignment("me"))
+            .map(|a| a.dag)
+            .collect();
+        let small_in_first_six = next.iter().filter(|d| **d == small_id).count();
+        assert_eq!(
+            small_in_first_six, 3,
+            "small DAG's tasks interleave: {next:?}"
+        );
+        assert!(next.contains(&big_id));
+    }
+
+    #[test]
+    fn recovery_requeues_interrupted_tasks_and_keeps_finished_ones() {
+        let mut p = Planner::new();
+        let id = add(&mut p, FANOUT, 6);
+        drain(&mut p);
+        assert!(p.on_result(id, 0, 1, Ok("w".into()), 1));
+        drain(&mut p); // g1, g2 running
+        assert!(p.on_result(id, 1, 1, Ok("A".into()), 2));
+        let run = p.evict(&id).expect("run");
+        // Simulate a restart from the persisted records.
+        let mut p2 = Planner::new();
+        p2.add(
+            id,
+            run.meta.clone(),
+            Arc::clone(&run.spec),
+            run.tasks.clone(),
+        );
+        let a = drain(&mut p2);
+        assert_eq!(a.len(), 1, "only the interrupted g2 runs again");
+        assert_eq!(
+            (a[0].task, a[0].attempt),
+            (2, 1),
+            "interrupted attempt not counted"
+        );
+        assert!(p2.on_result(id, 2, 1, Ok("B".into()), 3));
+        let a = drain(&mut p2);
+        assert_eq!(
+            a[0].argv,
+            vec!["a.wasm", "A", "B"],
+            "outputs from before the crash are used"
+        );
+    }
+}

@@ -1,0 +1,453 @@
+//! Executors: a RAM-sized pool of executor processes running WASI modules on wasmer.
+//!
+//! ```text
+//!  controller ──Job──▶ Pool dispatcher ──spawns──▶ job task ──frame──▶ executor process
+//!      ▲                    ▲  (idle list)            │      ◀─frame──   (`__executor`)
+//!      └────────Done────────┴──────returns executor───┘
+//! ```
+//!
+//! The controller never sends more jobs than `capacity`, so the dispatcher only has to pair a
+//! job with an idle process (or start one). Processes start lazily and idle ones are retired
+//! after a while, so an idle node holds no executor processes. A job that passes its timeout,
+//! is cancelled, or whose process dies, costs that process: it is killed and a fresh one is
+//! started for the next job.
+
+pub mod child;
+pub mod frame;
+pub mod runtime;
+pub mod wasi;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use bx3_protocol::ids::DagId;
+use tokio::io::AsyncWriteExt;
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use frame::{Request, Response};
+
+/// A task's stdout beyond this fails the task (outputs travel between nodes; see the mesh).
+pub const MAX_OUTPUT: usize = 8 * 1024 * 1024;
+/// How much of a failing task's stderr is kept for its error message.
+pub const STDERR_TAIL: usize = 4 * 1024;
+/// Idle executor processes older than this are stopped.
+const IDLE_RETIRE: Duration = Duration::from_secs(30);
+
+const MB: u64 = 1024 * 1024;
+
+/// `max(1, (available - min_free) / per_executor)`, capped by `max`.
+pub fn executor_count(
+    available_bytes: u64,
+    ram_per_executor_mb: u64,
+    min_free_mb: u64,
+    max: Option<usize>,
+) -> usize {
+    let usable = available_bytes.saturating_sub(min_free_mb.saturating_mul(MB));
+    let n = (usable / ram_per_executor_mb.max(1).saturating_mul(MB)).max(1);
+    let n = usize::try_from(n).unwrap_or(usize::MAX);
+    match max {
+        Some(m) => n.min(m.max(1)),
+        None => n,
+    }
+}
+
+/// RAM currently available on this device, in bytes (what the OS could give without swapping).
+pub fn available_ram() -> u64 {
+    let mut sys = sysinfo::System::new();
+    sys.refresh_memory();
+    sys.available_memory()
+}
+
+/// One task for the pool.
+#[derive(Debug)]
+pub struct Job {
+    pub dag: DagId,
+    pub task: u32,
+    pub attempt: u32,
+    pub module: String,
+    pub request: Request,
+    pub timeout: Duration,
+    /// Cancelled when the DAG is cancelled: the process running the job is killed.
+    pub cancel: CancellationToken,
+}
+
+/// How a job ended.
+#[derive(Debug)]
+pub struct Done {
+    pub dag: DagId,
+    pub task: u32,
+    pub attempt: u32,
+    pub outcome: Result<String, String>,
+    /// Time inside the executor for the wasm run itself (successful runs only).
+    pub run_us: Option<u64>,
+}
+
+/// Handle to the pool dispatcher.
+#[derive(Clone)]
+pub struct Pool {
+    jobs: mpsc::Sender<Job>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// The bx3-node binary (executors are `bx3-node __executor`).
+    pub exe: PathBuf,
+    pub data_dir: PathBuf,
+}
+
+impl Pool {
+    /// Starts the dispatcher. `done` receives one `Done` per job, always.
+    pub fn start(
+        config: PoolConfig,
+        done: mpsc::Sender<Done>,
+        shutdown: CancellationToken,
+    ) -> (Pool, tokio::task::JoinHandle<()>) {
+        let (jobs_tx, jobs_rx) = mpsc::channel(1024);
+        let (back_tx, back_rx) = mpsc::channel(1024);
+        let dispatcher = Dispatcher {
+            config,
+            jobs: jobs_rx,
+            back_tx,
+            back: back_rx,
+            done,
+            idle: Vec::new(),
+            shutdown,
+        };
+        (Pool { jobs: jobs_tx }, tokio::spawn(dispatcher.run()))
+    }
+
+    /// Hands a job to the pool. Fails only if the pool has stopped.
+    pub async fn submit(&self, job: Job) -> Result<(), Job> {
+        self.jobs.send(job).await.map_err(|e| e.0)
+    }
+}
+
+struct Dispatcher {
+    config: PoolConfig,
+    jobs: mpsc::Receiver<Job>,
+    /// Executors come back here after a job that left them healthy.
+    back_tx: mpsc::Sender<Executor>,
+    back: mpsc::Receiver<Executor>,
+    done: mpsc::Sender<Done>,
+    /// Healthy idle processes, most recently used last.
+    idle: Vec<Executor>,
+    shutdown: CancellationToken,
+}
+
+impl Dispatcher {
+    async fn run(mut self) {
+        let mut retire = tokio::time::interval(IDLE_RETIRE);
+        retire.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => break,
+                Some(ex) = self.back.recv() => self.idle.push(ex),
+                Some(job) = self.jobs.recv() => {
+                    let ex = self.idle.pop();
+                    let ctx = (self.config.clone(), self.back_tx.clone(), self.done.clone());
+                    tokio::spawn(run_job(job, ex, ctx));
+                }
+                _ = retire.tick() => {
+                    let before = self.idle.len();
+                    self.idle.retain(|e| e.last_used.elapsed() < IDLE_RETIRE);
+                    if before != self.idle.len() {
+                        tracing::debug!(retired = before - self.idle.len(), idle = self.idle.len(), "retired idle executor processes");
+                    }
+                }
+            }
+        }
+        // Dropping the idle executors kills their processes (kill_on_drop).
+    }
+}
+
+/// A running executor process.
+struct Executor {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: ChildStdout,
+    last_used: Instant,
+}
+
+impl Executor {
+    async fn spawn(config: &PoolConfig) -> std::io::Result<Executor> {
+        let mut child = Command::new(&config.exe)
+            .arg("__executor")
+            .arg("--data-dir")
+            .arg(&config.data_dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| std::io::Error::other("executor has no stdin pipe"))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| std::io::Error::other("executor has no stdout pipe"))?;
+        tracing::debug!(pid = child.id(), "started executor process");
+        Ok(Executor {
+            child,
+            stdin,
+            stdout,
+            last_used: Instant::now(),
+        })
+    }
+
+    async fn call(&mut self, request: &[u8]) -> Result<Response, frame::FrameError> {
+        self.stdin.write_all(request).await?;
+        self.stdin.flush().await?;
+        let body = frame::read_async(&mut self.stdout).await?;
+        frame::decode(&body)
+    }
+
+    /// Kills the process and says how it ended.
+    async fn kill(mut self) -> String {
+        let _ = self.child.start_kill();
+        match tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await {
+            Ok(Ok(status)) => status.to_string(),
+            Ok(Err(e)) => format!("status unknown: {e}"),
+            Err(_) => "did not exit within 5 s of SIGKILL".into(),
+        }
+    }
+
+    /// After a broken pipe: how did the process end?
+    async fn reap(mut self) -> String {
+        match tokio::time::timeout(Duration::from_millis(500), self.child.wait()).await {
+            Ok(Ok(status)) => status.to_string(),
+            _ => self.kill().await,
+        }
+    }
+}
+
+enum Ended {
+    Response(Response),
+    Cancelled,
+    TimedOut,
+    Broken(frame::FrameError),
+}
+
+async fn run_job(
+    job: Job,
+    ex: Option<Executor>,
+    (config, back, done): (PoolConfig, mpsc::Sender<Executor>, mpsc::Sender<Done>),
+) {
+    let finish = |outcome: Result<String, String>, run_us: Option<u64>| Done {
+        dag: job.dag,
+        task: job.task,
+        attempt: job.attempt,
+        outcome,
+        run_us,
+    };
+    let bytes = match frame::encode(&job.request) {
+        Ok(b) => b,
+        Err(e) => {
+            if let Some(ex) = ex {
+                let _ = back.send(ex).await;
+            }
+            let _ = done
+                .send(finish(
+                    Err(format!("task inputs cannot be sent to an executor: {e}")),
+                    None,
+                ))
+                .await;
+            return;
+        }
+    };
+    let mut ex = match ex {
+        Some(ex) => ex,
+        None => match Executor::spawn(&config).await {
+            Ok(ex) => ex,
+            Err(e) => {
+                let _ = done
+                    .send(finish(
+                        Err(format!("could not start an executor process: {e}")),
+                        None,
+                    ))
+                    .await;
+                return;
+            }
+        },
+    };
+    let ended = tokio::select! {
+        biased;
+        _ = job.cancel.cancelled() => Ended::Cancelled,
+        r = tokio::time::timeout(job.timeout, ex.call(&bytes)) => match r {
+            Err(_) => Ended::TimedOut,
+            Ok(Err(e)) => Ended::Broken(e),
+            Ok(Ok(resp)) => Ended::Response(resp),
+        },
+    };
+    let (outcome, run_us) = match ended {
+        Ended::Response(resp) => {
+            ex.last_used = Instant::now();
+            let _ = back.send(ex).await;
+            describe(&job.module, job.request.memory_bytes, resp)
+        }
+        Ended::Cancelled => {
+            ex.kill().await;
+            (Err("cancelled".to_string()), None)
+        }
+        Ended::TimedOut => {
+            ex.kill().await;
+            (
+                Err(format!(
+                    "timed out after {} (the task's timeout); the executor was stopped",
+                    humantime_short(job.timeout)
+                )),
+                None,
+            )
+        }
+        Ended::Broken(e) => {
+            let how = ex.reap().await;
+            tracing::warn!(dag = %job.dag, task = job.task, "executor process died: {how} ({e})");
+            (
+                Err(format!(
+                    "executor process died while running the task ({how})"
+                )),
+                None,
+            )
+        }
+    };
+    let _ = done.send(finish(outcome, run_us)).await;
+}
+
+fn humantime_short(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+fn tail(stderr: &str) -> String {
+    let t = stderr.trim();
+    if t.is_empty() {
+        return String::new();
+    }
+    // Keep the last 2,000 characters: the end of stderr is where the reason usually is.
+    let chars: Vec<char> = t.chars().collect();
+    let start = chars.len().saturating_sub(2000);
+    format!("; stderr: {}", chars[start..].iter().collect::<String>())
+}
+
+/// Turns an executor's answer into the task's output or its error message.
+fn describe(
+    module: &str,
+    memory_bytes: u64,
+    resp: Response,
+) -> (Result<String, String>, Option<u64>) {
+    match resp {
+        Response::Success { stdout, run_us } => {
+            let text = String::from_utf8_lossy(&stdout);
+            (Ok(text.trim_end().to_string()), Some(run_us))
+        }
+        Response::Exit { code, stderr_tail } => (
+            Err(format!("exited with status {code}{}", tail(&stderr_tail))),
+            None,
+        ),
+        Response::Trap {
+            message,
+            stderr_tail,
+        } => (
+            Err(format!("trapped: {message}{}", tail(&stderr_tail))),
+            None,
+        ),
+        Response::MemoryExceeded {
+            limit_bytes,
+            stderr_tail,
+        } => (
+            Err(format!(
+                "memory limit exceeded: the task tried to grow its memory past {} MB{}",
+                limit_bytes.max(memory_bytes) / MB,
+                tail(&stderr_tail)
+            )),
+            None,
+        ),
+        Response::OutputTooLarge { limit_bytes } => (
+            Err(format!(
+                "output too large: stdout passed the {} MiB limit",
+                limit_bytes / (MB as usize)
+            )),
+            None,
+        ),
+        Response::Error { message } => (Err(format!("could not run {module}: {message}")), None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn executor_count_follows_the_formula() {
+        let gb = 1024 * MB;
+        // (24 GiB - 512 MB) / 128 MB
+        assert_eq!(
+            executor_count(24 * gb, 128, 512, None),
+            (24 * 1024 - 512) / 128
+        );
+        assert_eq!(
+            executor_count(24 * gb, 128, 512, Some(8)),
+            8,
+            "capped by --max-executors"
+        );
+        assert_eq!(executor_count(256 * MB, 128, 512, None), 1, "at least one");
+        assert_eq!(executor_count(0, 128, 512, None), 1);
+        assert_eq!(executor_count(1024 * MB, 128, 512, None), 4);
+        assert_eq!(
+            executor_count(1024 * MB + 127 * MB, 128, 512, None),
+            4,
+            "rounds down"
+        );
+        assert_eq!(executor_count(2 * gb, 256, 0, None), 8);
+    }
+
+    #[test]
+    fn describes_outcomes_for_people() {
+        let (ok, _) = describe(
+            "m.wasm",
+            0,
+            Response::Success {
+                stdout: b"hi \n\n".to_vec(),
+                run_us: 1,
+            },
+        );
+        assert_eq!(ok, Ok("hi".to_string()), "trailing whitespace trimmed");
+        let (err, _) = describe(
+            "m.wasm",
+            0,
+            Response::Exit {
+                code: 3,
+                stderr_tail: "bad thing\n".into(),
+            },
+        );
+        assert_eq!(
+            err,
+            Err("exited with status 3; stderr: bad thing".to_string())
+        );
+        let (err, _) = describe(
+            "m.wasm",
+            64 * MB,
+            Response::MemoryExceeded {
+                limit_bytes: 64 * MB,
+                stderr_tail: String::new(),
+            },
+        );
+        assert!(err.expect_err("fails").contains("memory limit exceeded"));
+        let (err, _) = describe(
+            "m.wasm",
+            0,
+            Response::Error {
+                message: "nope".into(),
+            },
+        );
+        assert_eq!(err, Err("could not run m.wasm: nope".to_string()));
+    }
+}

@@ -1,0 +1,250 @@
+//! The supervisor: opens the data dir, starts the actors, serves the API, and shuts it all
+//! down in order on Ctrl-C / SIGTERM.
+//!
+//! ```text
+//!  run() ── lock data dir ── identity ── Store ── Pool ── controller::Actor ── api (axum)
+//!              every actor shares one CancellationToken; run() waits on a JoinSet
+//! ```
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use libp2p::identity::Keypair;
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, ApiState, NodeInfo};
+use crate::config::Config;
+use crate::controller::{self, Actor};
+use crate::executor::{self, Pool, PoolConfig};
+use crate::store::{ModuleStore, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("cannot use data dir {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "data dir {path} is in use by another bx3-node{holder}; stop it or pass another --data-dir"
+    )]
+    Locked { path: PathBuf, holder: String },
+    #[error("identity key {path} is unreadable ({reason}); move it away to create a new identity")]
+    Identity { path: PathBuf, reason: String },
+    #[error("cannot open the database: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot listen for the API on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("cannot find the bx3-node executable to start executors: {0}")]
+    Exe(std::io::Error),
+    #[error("a node task failed: {0}")]
+    Task(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> NodeError + '_ {
+    move |source| NodeError::DataDir {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Holds the data dir's lock for the life of the node (released when the file closes, also
+/// on kill -9, so a crashed node never blocks its restart).
+pub struct DirLock {
+    _file: File,
+}
+
+pub fn lock_data_dir(dir: &Path) -> Result<DirLock, NodeError> {
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let path = dir.join("LOCK");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io_err(dir))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path)
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .map(|s| format!(" ({s})"))
+                .unwrap_or_default();
+            return Err(NodeError::Locked {
+                path: dir.to_path_buf(),
+                holder,
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(io_err(dir)(e)),
+    }
+    file.set_len(0).map_err(io_err(dir))?;
+    write!(file, "pid {}", std::process::id()).map_err(io_err(dir))?;
+    Ok(DirLock { _file: file })
+}
+
+/// Loads the node's ed25519 identity, creating it on first start.
+pub fn load_identity(dir: &Path) -> Result<Keypair, NodeError> {
+    let path = dir.join("identity.key");
+    match std::fs::read(&path) {
+        Ok(bytes) => Keypair::from_protobuf_encoding(&bytes).map_err(|e| NodeError::Identity {
+            path: path.clone(),
+            reason: e.to_string(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = Keypair::generate_ed25519();
+            let bytes = key
+                .to_protobuf_encoding()
+                .map_err(|e| NodeError::Identity {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+            write_private(&path, &bytes).map_err(io_err(dir))?;
+            Ok(key)
+        }
+        Err(e) => Err(io_err(dir)(e)),
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(tmp, path)
+}
+
+/// Runs a node until `shutdown` is cancelled (or a part of it fails).
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), NodeError> {
+    let dir = config.data_dir.clone();
+    let _lock = lock_data_dir(&dir)?;
+    let key = load_identity(&dir)?;
+    let peer_id = key.public().to_peer_id().to_string();
+    let store = Store::open(&dir.join("db"))?;
+    let modules = ModuleStore::open(dir.join("modules")).map_err(io_err(&dir))?;
+    let compiled_dir = dir.join("compiled");
+    std::fs::create_dir_all(&compiled_dir).map_err(io_err(&dir))?;
+
+    let available = executor::available_ram();
+    let capacity = executor::executor_count(
+        available,
+        config.ram_per_executor_mb,
+        config.min_free_ram_mb,
+        config.max_executors,
+    );
+    tracing::info!(
+        %peer_id,
+        executors = capacity,
+        ram_per_executor_mb = config.ram_per_executor_mb,
+        available_ram_mb = available / (1024 * 1024),
+        min_free_ram_mb = config.min_free_ram_mb,
+        "node starting"
+    );
+    if !config.peers.is_empty() || config.mdns {
+        tracing::info!(
+            "mesh networking is not part of this build yet: --peer / mDNS are accepted and ignored"
+        );
+    }
+
+    let mut tasks = JoinSet::new();
+    let (done_tx, done_rx) = mpsc::channel(4096);
+    let exe = std::env::current_exe().map_err(NodeError::Exe)?;
+    let (pool, pool_task) = Pool::start(
+        PoolConfig {
+            exe,
+            data_dir: dir.clone(),
+        },
+        done_tx,
+        shutdown.clone(),
+    );
+    let (actor, handle) = Actor::new(controller::Parts {
+        peer_id: peer_id.clone(),
+        store,
+        pool,
+        done: done_rx,
+        capacity,
+        ram_per_executor_mb: config.ram_per_executor_mb,
+        shutdown: shutdown.clone(),
+    });
+    {
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            let r = actor
+                .run()
+                .await
+                .map_err(|e| NodeError::Task(format!("controller: {e}")));
+            shutdown.cancel();
+            r
+        });
+    }
+
+    let listener = tokio::net::TcpListener::bind(config.api)
+        .await
+        .map_err(|source| NodeError::Bind {
+            addr: config.api.to_string(),
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| NodeError::Bind {
+        addr: config.api.to_string(),
+        source,
+    })?;
+    let url = format!("http://{local}");
+    let state = ApiState {
+        controller: handle,
+        modules,
+        compiled_dir,
+        info: Arc::new(NodeInfo {
+            peer_id,
+            ram_per_executor_mb: config.ram_per_executor_mb,
+            min_free_ram_mb: config.min_free_ram_mb,
+            available_ram_mb: available / (1024 * 1024),
+            max_executors: config.max_executors,
+        }),
+        compile_slots: Arc::new(Semaphore::new(2)),
+    };
+    {
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            axum::serve(listener, api::router(state))
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+                .map_err(|e| NodeError::Task(format!("api: {e}")))
+        });
+    }
+    let addr_file = dir.join("api.addr");
+    write_private(&addr_file, url.as_bytes()).map_err(io_err(&dir))?;
+    tracing::info!(api = %url, "API ready");
+
+    let mut result = Ok(());
+    while let Some(joined) = tasks.join_next().await {
+        let r = joined.unwrap_or_else(|e| Err(NodeError::Task(e.to_string())));
+        if let Err(e) = r {
+            tracing::error!("{e}");
+            shutdown.cancel();
+            if result.is_ok() {
+                result = Err(e);
+            }
+        }
+    }
+    let _ = pool_task.await;
+    let _ = std::fs::remove_file(&addr_file);
+    tracing::info!("node stopped");
+    result
+}

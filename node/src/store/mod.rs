@@ -1,0 +1,312 @@
+//! Durable state: sled behind one typed `Store`, plus content-addressed module files.
+//!
+//! Trees carry a schema version in their name (`dags.v1`) so a later layout can live beside
+//! the old one during a migration. Keys are big-endian (`DagId` is time-first), so iteration
+//! order is submission order. Values are CBOR; every record field added later gets
+//! `#[serde(default)]` so old records stay readable.
+//!
+//! ```text
+//! dags.v1   DagId                  -> DagMeta     (small; rewritten on every change)
+//! specs.v1  DagId                  -> SpecRecord  (written once at submit)
+//! tasks.v1  DagId ++ u32 task idx  -> TaskRecord  (absent = pending, never attempted)
+//! ```
+//!
+//! Only the controller actor writes; readers may read concurrently (sled is MVCC-safe).
+
+pub mod modules;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use bx3_protocol::api::{Counts, DagState, TaskState};
+use bx3_protocol::dag::ValidDag;
+use bx3_protocol::ids::DagId;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+pub use modules::ModuleStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("corrupt record in {tree} (key {key}): {reason}")]
+    Corrupt {
+        tree: &'static str,
+        key: String,
+        reason: String,
+    },
+    #[error("could not encode a record: {0}")]
+    Encode(String),
+}
+
+/// What the node knows about a DAG besides its spec and tasks.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DagMeta {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub source: Option<String>,
+    pub state: DagState,
+    pub created_at_ms: u64,
+    #[serde(default)]
+    pub finished_at_ms: Option<u64>,
+    #[serde(default)]
+    pub version: u64,
+    #[serde(default)]
+    pub counts: Counts,
+}
+
+/// The validated DAG and the modules it runs, fixed at submit time.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SpecRecord {
+    pub dag: ValidDag,
+    /// Module file name -> SHA-256 (hex) of its bytes.
+    pub modules: BTreeMap<String, String>,
+}
+
+/// One task's durable state. A task with no record is pending and was never attempted.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct TaskRecord {
+    pub state: TaskState,
+    pub attempts: u32,
+    #[serde(default)]
+    pub output: Option<String>,
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub node: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    dags: sled::Tree,
+    specs: sled::Tree,
+    tasks: sled::Tree,
+}
+
+const DAGS: &str = "dags.v1";
+const SPECS: &str = "specs.v1";
+const TASKS: &str = "tasks.v1";
+
+fn task_key(dag: &DagId, idx: u32) -> [u8; DagId::LEN + 4] {
+    let mut k = [0u8; DagId::LEN + 4];
+    k[..DagId::LEN].copy_from_slice(dag.as_bytes());
+    k[DagId::LEN..].copy_from_slice(&idx.to_be_bytes());
+    k
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_cbor::to_vec(value).map_err(|e| StoreError::Encode(e.to_string()))
+}
+
+fn decode<T: DeserializeOwned>(
+    tree: &'static str,
+    key: &[u8],
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    serde_cbor::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        tree,
+        key: hex::encode(key),
+        reason: e.to_string(),
+    })
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let db = sled::Config::new().path(path).open()?;
+        Ok(Store {
+            dags: db.open_tree(DAGS)?,
+            specs: db.open_tree(SPECS)?,
+            tasks: db.open_tree(TASKS)?,
+            db,
+        })
+    }
+
+    /// Records a new DAG. The spec goes first: a crash in between leaves a spec without meta,
+    /// which `unfinished()` never sees, rather than a meta without its spec.
+    pub fn insert_dag(
+        &self,
+        id: &DagId,
+        meta: &DagMeta,
+        spec: &SpecRecord,
+    ) -> Result<(), StoreError> {
+        self.specs.insert(id.as_bytes(), encode(spec)?)?;
+        self.dags.insert(id.as_bytes(), encode(meta)?)?;
+        Ok(())
+    }
+
+    pub fn put_meta(&self, id: &DagId, meta: &DagMeta) -> Result<(), StoreError> {
+        self.dags.insert(id.as_bytes(), encode(meta)?)?;
+        Ok(())
+    }
+
+    /// Writes many task records in one sled batch (atomic for the batch).
+    pub fn put_tasks<'a>(
+        &self,
+        records: impl IntoIterator<Item = (DagId, u32, &'a TaskRecord)>,
+    ) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for (dag, idx, rec) in records {
+            batch.insert(&task_key(&dag, idx)[..], encode(rec)?);
+        }
+        self.tasks.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Waits until everything written so far is on disk.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    pub fn meta(&self, id: &DagId) -> Result<Option<DagMeta>, StoreError> {
+        match self.dags.get(id.as_bytes())? {
+            Some(v) => Ok(Some(decode(DAGS, id.as_bytes(), &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn spec(&self, id: &DagId) -> Result<Option<SpecRecord>, StoreError> {
+        match self.specs.get(id.as_bytes())? {
+            Some(v) => Ok(Some(decode(SPECS, id.as_bytes(), &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// All `count` task records of a DAG, defaults for tasks never written.
+    pub fn tasks(&self, id: &DagId, count: usize) -> Result<Vec<TaskRecord>, StoreError> {
+        let mut out = vec![TaskRecord::default(); count];
+        for item in self.tasks.scan_prefix(id.as_bytes()) {
+            let (k, v) = item?;
+            let idx_bytes: [u8; 4] =
+                k[DagId::LEN..]
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt {
+                        tree: TASKS,
+                        key: hex::encode(&k),
+                        reason: "key is not a DAG id plus a task index".into(),
+                    })?;
+            let idx = u32::from_be_bytes(idx_bytes) as usize;
+            if let Some(slot) = out.get_mut(idx) {
+                *slot = decode(TASKS, &k, &v)?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// DAGs newest first, at most `limit`.
+    pub fn list(&self, limit: usize) -> Result<Vec<(DagId, DagMeta)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.dags.iter().rev().take(limit) {
+            let (k, v) = item?;
+            let id = DagId::from_bytes(&k).ok_or_else(|| StoreError::Corrupt {
+                tree: DAGS,
+                key: hex::encode(&k),
+                reason: "key is not a DAG id".into(),
+            })?;
+            out.push((id, decode(DAGS, &k, &v)?));
+        }
+        Ok(out)
+    }
+
+    /// Ids of DAGs that have not reached a final state, oldest first.
+    pub fn unfinished(&self) -> Result<Vec<DagId>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.dags.iter() {
+            let (k, v) = item?;
+            let meta: DagMeta = decode(DAGS, &k, &v)?;
+            if !meta.state.is_terminal() {
+                if let Some(id) = DagId::from_bytes(&k) {
+                    out.push(id);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bx3_protocol::dag::parse_dag;
+
+    fn spec() -> SpecRecord {
+        let dag = parse_dag(
+            "name: t\ntasks:\n  - id: a\n    module: m.wasm\n  - id: b\n    module: m.wasm\n    inputs: [a]\n    depends_on: [a]\n",
+        )
+        .expect("valid dag");
+        SpecRecord {
+            dag,
+            modules: BTreeMap::from([("m.wasm".to_string(), "00".repeat(32))]),
+        }
+    }
+
+    fn meta(state: DagState) -> DagMeta {
+        DagMeta {
+            name: "t".into(),
+            description: None,
+            source: None,
+            state,
+            created_at_ms: 1,
+            finished_at_ms: None,
+            version: 1,
+            counts: Counts::default(),
+        }
+    }
+
+    #[test]
+    fn records_survive_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = DagId::new(10, 1);
+        let b = DagId::new(20, 2);
+        {
+            let store = Store::open(dir.path()).expect("open");
+            store
+                .insert_dag(&a, &meta(DagState::Running), &spec())
+                .expect("insert");
+            store
+                .insert_dag(&b, &meta(DagState::Succeeded), &spec())
+                .expect("insert");
+            let rec = TaskRecord {
+                state: TaskState::Succeeded,
+                attempts: 1,
+                output: Some("héllo".into()),
+                error: None,
+                node: Some("me".into()),
+            };
+            store.put_tasks([(a, 1, &rec)]).expect("put");
+            futures_lite_block_on(store.flush()).expect("flush");
+        }
+        let store = Store::open(dir.path()).expect("reopen");
+        assert_eq!(store.unfinished().expect("scan"), vec![a]);
+        let tasks = store.tasks(&a, 2).expect("tasks");
+        assert_eq!(
+            tasks[0],
+            TaskRecord::default(),
+            "unwritten task reads as pending"
+        );
+        assert_eq!(tasks[1].output.as_deref(), Some("héllo"));
+        assert_eq!(store.spec(&a).expect("spec"), Some(spec()));
+        let listed: Vec<DagId> = store
+            .list(10)
+            .expect("list")
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(listed, vec![b, a], "newest first");
+        // Tasks of one DAG never leak into another's prefix scan.
+        assert_eq!(
+            store.tasks(&b, 2).expect("tasks"),
+            vec![TaskRecord::default(); 2]
+        );
+    }
+
+    fn futures_lite_block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(f)
+    }
+}

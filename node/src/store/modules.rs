@@ -1,0 +1,96 @@
+//! Module bytes, content-addressed by SHA-256, as plain files under `<data-dir>/modules/`.
+//!
+//! Files rather than sled values because executor processes read them directly (sled allows
+//! one process per database), and because a module is immutable once named by its hash.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+#[derive(Clone, Debug)]
+pub struct ModuleStore {
+    dir: PathBuf,
+}
+
+/// Lowercase hex SHA-256.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// A hash as the API accepts it: 64 lowercase hex digits (also keeps paths safe).
+pub fn is_hash(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+impl ModuleStore {
+    pub fn open(dir: PathBuf) -> std::io::Result<ModuleStore> {
+        std::fs::create_dir_all(&dir)?;
+        Ok(ModuleStore { dir })
+    }
+
+    pub fn path(&self, hash: &str) -> PathBuf {
+        self.dir.join(format!("{hash}.wasm"))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn contains(&self, hash: &str) -> bool {
+        is_hash(hash) && self.path(hash).is_file()
+    }
+
+    pub fn get(&self, hash: &str) -> std::io::Result<Option<Vec<u8>>> {
+        if !is_hash(hash) {
+            return Ok(None);
+        }
+        match std::fs::read(self.path(hash)) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Stores `bytes` under their hash: written to a temporary file, synced, then renamed, so
+    /// a crash never leaves a partial module under a valid name.
+    pub fn put(&self, bytes: &[u8]) -> std::io::Result<String> {
+        let hash = sha256_hex(bytes);
+        let path = self.path(&hash);
+        if path.is_file() {
+            return Ok(hash);
+        }
+        let tmp = self.dir.join(format!(".{hash}.{}.tmp", std::process::id()));
+        {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, &path)?;
+        Ok(hash)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_get_by_hash() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ModuleStore::open(dir.path().join("m")).expect("open");
+        let hash = store.put(b"\0asm\x01\0\0\0").expect("put");
+        assert!(is_hash(&hash));
+        assert!(store.contains(&hash));
+        assert_eq!(
+            store.get(&hash).expect("get").as_deref(),
+            Some(&b"\0asm\x01\0\0\0"[..])
+        );
+        assert_eq!(store.get(&"0".repeat(64)).expect("get"), None);
+        assert_eq!(
+            store.get("../../etc/passwd").expect("get"),
+            None,
+            "not a hash, not a path"
+        );
+    }
+}

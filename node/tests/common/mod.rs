@@ -1,0 +1,266 @@
+//! Test harness: real `bx3-node` processes on 127.0.0.1 with `--no-mdns`, each in its own temp
+//! data dir, stopped by pid when dropped. Every wait is bounded.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use bx3_protocol::api::{DagView, StatusView};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_bx3-node");
+
+/// The repository root (for dags/ and wasm_modules/).
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("node/ has a parent")
+        .to_path_buf()
+}
+
+pub fn wasm_modules() -> PathBuf {
+    repo().join("wasm_modules")
+}
+
+pub struct TestNode {
+    pub child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub api: String,
+    extra: Vec<String>,
+}
+
+impl TestNode {
+    /// Starts a node with at most `executors` executors.
+    pub fn start(executors: usize) -> TestNode {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let extra = vec!["--max-executors".to_string(), executors.to_string()];
+        Self::start_in(dir, extra)
+    }
+
+    fn start_in(dir: tempfile::TempDir, extra: Vec<String>) -> TestNode {
+        let addr_file = dir.path().join("api.addr");
+        let _ = std::fs::remove_file(&addr_file);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.path().join("node.log"))
+            .expect("log file");
+        let child = Command::new(BIN)
+            .arg("run")
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args([
+                "--api",
+                "127.0.0.1:0",
+                "--no-mdns",
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+            ])
+            .args(&extra)
+            .env("RUST_LOG", "info,bx3_node=debug")
+            .env_remove("BX3_API")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start bx3-node");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let api = loop {
+            if let Ok(s) = std::fs::read_to_string(&addr_file) {
+                if !s.trim().is_empty() {
+                    break s.trim().to_string();
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node did not write api.addr within 60 s; log:\n{}",
+                read_log(dir.path())
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        };
+        TestNode {
+            child: Some(child),
+            dir,
+            api,
+            extra,
+        }
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn log(&self) -> String {
+        read_log(self.dir.path())
+    }
+
+    /// kill -9, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the node again on the same data dir.
+    pub fn restart(mut self) -> TestNode {
+        self.kill9();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
+        let extra = std::mem::take(&mut self.extra);
+        TestNode::start_in(dir, extra)
+    }
+
+    /// Runs the CLI against this node; fails the test if it takes longer than `limit`.
+    pub fn cli(&self, args: &[&str], limit: Duration) -> Output {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args).args(["--api", &self.api]);
+        run_bounded(cmd, limit)
+    }
+
+    pub fn status(&self) -> StatusView {
+        let out = self.cli(&["status", "--json"], Duration::from_secs(30));
+        assert!(
+            out.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("status JSON")
+    }
+
+    /// `submit FILE --wait --json`: (exit code, final DAG).
+    pub fn submit_wait(&self, file: &Path, limit: Duration) -> (i32, DagView) {
+        let modules = wasm_modules();
+        let file = file.to_str().expect("utf-8 path");
+        let out = self.cli(
+            &[
+                "submit",
+                file,
+                "--wait",
+                "--json",
+                "--modules",
+                modules.to_str().expect("utf-8 path"),
+            ],
+            limit,
+        );
+        let code = out.status.code().unwrap_or(-1);
+        let view = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "submit --wait --json printed no DAG ({e}); exit {code}; stderr:\n{}\nnode log:\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                self.log()
+            )
+        });
+        (code, view)
+    }
+
+    /// `submit FILE` (no wait): the id.
+    pub fn submit(&self, file: &Path) -> String {
+        let modules = wasm_modules();
+        let out = self.cli(
+            &[
+                "submit",
+                file.to_str().expect("utf-8 path"),
+                "--json",
+                "--modules",
+                modules.to_str().expect("utf-8 path"),
+            ],
+            Duration::from_secs(60),
+        );
+        assert!(
+            out.status.success(),
+            "submit failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        v["id"].as_str().expect("id").to_string()
+    }
+
+    pub fn dag(&self, id: &str) -> DagView {
+        let out = self.cli(&["dag", id, "--json"], Duration::from_secs(30));
+        assert!(
+            out.status.success(),
+            "dag failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("DAG JSON")
+    }
+
+    /// Polls the DAG until `pred` holds (bounded).
+    pub fn wait_for(
+        &self,
+        id: &str,
+        limit: Duration,
+        what: &str,
+        pred: impl Fn(&DagView) -> bool,
+    ) -> DagView {
+        let deadline = Instant::now() + limit;
+        loop {
+            let v = self.dag(id);
+            if pred(&v) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; last view: {v:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn read_log(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("node.log")).unwrap_or_default()
+}
+
+/// Runs a command, killing it (by pid) if it outlives `limit`.
+pub fn run_bounded(mut cmd: Command, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Read pipes on threads so a chatty child cannot block on a full pipe.
+    let mut so = child.stdout.take().expect("stdout");
+    let mut se = child.stderr.take().expect("stderr");
+    let t_out = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut so, &mut b);
+        b
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut se, &mut b);
+        b
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("command {cmd:?} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Output {
+        status,
+        stdout: t_out.join().expect("reader"),
+        stderr: t_err.join().expect("reader"),
+    }
+}
+
+/// Writes a DAG file into `dir` and returns its path.
+pub fn write_dag(dir: &Path, name: &str, yaml: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, yaml).expect("write DAG");
+    path
+}

@@ -1,0 +1,255 @@
+//! JSON bodies of the node's HTTP API (`/v1/...`), shared by the node, the CLI and tests.
+//!
+//! The shapes here are a public contract (scripts parse `--json` output): fields are only ever
+//! added, never renamed. Optional extras are skipped when empty so the documented core stays small.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// `POST /v1/dags`: the DAG file as written plus the hashes of the modules it names.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitRequest {
+    /// The YAML text; the node parses and validates it again (never trusts the client).
+    pub yaml: String,
+    /// Where the DAG came from (file path), for error messages and `dags` listings.
+    #[serde(default)]
+    pub source: Option<String>,
+    /// Module file name (as written in `module:`) -> lowercase hex SHA-256 of its bytes.
+    /// Every module must have been uploaded (`PUT /v1/modules`) before.
+    pub modules: BTreeMap<String, String>,
+}
+
+/// Answer to a successful submit: the DAG is durably accepted.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SubmitResponse {
+    pub id: String,
+}
+
+/// Answer to `PUT /v1/modules`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ModuleUploaded {
+    pub hash: String,
+    pub size: u64,
+}
+
+/// Every error the API returns has this body, with an HTTP status that fits.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum DagState {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl DagState {
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            DagState::Succeeded | DagState::Failed | DagState::Cancelled
+        )
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DagState::Pending => "pending",
+            DagState::Running => "running",
+            DagState::Succeeded => "succeeded",
+            DagState::Failed => "failed",
+            DagState::Cancelled => "cancelled",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskState {
+    #[default]
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Skipped,
+    Cancelled,
+}
+
+impl TaskState {
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            TaskState::Succeeded | TaskState::Failed | TaskState::Skipped | TaskState::Cancelled
+        )
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Pending => "pending",
+            TaskState::Running => "running",
+            TaskState::Succeeded => "succeeded",
+            TaskState::Failed => "failed",
+            TaskState::Skipped => "skipped",
+            TaskState::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// How many tasks of a DAG are in each state.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct Counts {
+    pub total: u64,
+    pub pending: u64,
+    pub running: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub skipped: u64,
+    pub cancelled: u64,
+}
+
+impl Counts {
+    pub fn add(&mut self, state: TaskState) {
+        *self.slot(state) += 1;
+    }
+    pub fn remove(&mut self, state: TaskState) {
+        let slot = self.slot(state);
+        *slot = slot.saturating_sub(1);
+    }
+    fn slot(&mut self, state: TaskState) -> &mut u64 {
+        match state {
+            TaskState::Pending => &mut self.pending,
+            TaskState::Running => &mut self.running,
+            TaskState::Succeeded => &mut self.succeeded,
+            TaskState::Failed => &mut self.failed,
+            TaskState::Skipped => &mut self.skipped,
+            TaskState::Cancelled => &mut self.cancelled,
+        }
+    }
+    /// Tasks that reached a final state.
+    pub fn done(&self) -> u64 {
+        self.succeeded + self.failed + self.skipped + self.cancelled
+    }
+}
+
+/// One task as users see it (`dag ID --json`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct TaskView {
+    pub state: TaskState,
+    pub output: Option<String>,
+    pub error: Option<String>,
+    pub attempts: u32,
+    /// Peer id of the node that ran (or runs) the latest attempt.
+    pub node: Option<String>,
+}
+
+/// One DAG as users see it (`dag ID --json`, `submit --wait --json`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DagView {
+    pub id: String,
+    pub name: String,
+    pub state: DagState,
+    /// Task id -> task. Empty when the caller asked for a summary only (`?tasks=false`).
+    pub tasks: BTreeMap<String, TaskView>,
+    /// Task ids in the order of the DAG file, so people see them as they wrote them.
+    #[serde(default)]
+    pub order: Vec<String>,
+    #[serde(default)]
+    pub counts: Counts,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Milliseconds since the Unix epoch.
+    #[serde(default)]
+    pub created_at_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at_ms: Option<u64>,
+    /// Increases on every change; `GET /v1/dags/{id}?after=V` waits for a version above V.
+    #[serde(default)]
+    pub version: u64,
+}
+
+/// A line of `dags`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DagSummary {
+    pub id: String,
+    pub name: String,
+    pub state: DagState,
+    pub counts: Counts,
+    pub created_at_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct ExecutorsView {
+    pub total: u64,
+    pub busy: u64,
+    /// Size of one executor (default per-task memory limit), MB.
+    #[serde(default)]
+    pub ram_per_executor_mb: u64,
+    /// The RAM figures the executor count was computed from, MB.
+    #[serde(default)]
+    pub available_ram_mb: u64,
+    #[serde(default)]
+    pub min_free_ram_mb: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_executors: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PeerView {
+    pub peer_id: String,
+    pub executors: ExecutorsView,
+    #[serde(default)]
+    pub addrs: Vec<String>,
+}
+
+/// `status --json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StatusView {
+    pub peer_id: String,
+    pub leader: Option<String>,
+    pub term: u64,
+    pub listen_addrs: Vec<String>,
+    pub executors: ExecutorsView,
+    pub peers: Vec<PeerView>,
+    #[serde(default)]
+    pub version: String,
+    #[serde(default)]
+    pub dags_active: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_serialize_lowercase() {
+        let v = TaskView {
+            state: TaskState::Skipped,
+            ..TaskView::default()
+        };
+        let json = serde_json::to_string(&v).expect("serializable");
+        assert!(json.contains(r#""state":"skipped""#), "{json}");
+        assert_eq!(
+            serde_json::to_string(&DagState::Cancelled).expect("serializable"),
+            r#""cancelled""#
+        );
+    }
+
+    #[test]
+    fn counts_track_transitions() {
+        let mut c = Counts::default();
+        c.add(TaskState::Pending);
+        c.add(TaskState::Pending);
+        c.remove(TaskState::Pending);
+        c.add(TaskState::Succeeded);
+        c.remove(TaskState::Failed); // never below zero
+        assert_eq!((c.pending, c.succeeded, c.failed, c.done()), (1, 1, 0, 1));
+    }
+}

@@ -1,0 +1,22 @@
+//! bx3 wire and file formats.
+//!
+//! This crate has no I/O and no async: it only defines data and the rules
+//! for turning untrusted text into trusted values, so that every node (and
+//! every tool) agrees on what a DAG file means.
+//!
+//! # Layout
+//!
+//! - [`dag`]: the DAG file format (YAML), its validation into a [`ValidDag`],
+//!   and the task input ABI ([`Input`], `${id}` output references).
+//! - [`api`]: JSON bodies of the HTTP API (DAG and status views, submit requests).
+//! - [`ids`]: identifiers that cross process boundaries (`DagId`).
+
+pub mod api;
+pub mod dag;
+pub mod ids;
+
+pub use dag::{
+    parse_dag, DagError, DagSpec, Input, Part, Subject, TaskDefaults, TaskSpec, Timeout,
+    TimeoutParseError, ValidDag, ValidTask, DEFAULT_RETRIES, DEFAULT_TIMEOUT_MS, MAX_ID_LEN,
+    MAX_MEMORY_MB, MAX_RETRIES, MAX_TASKS, MAX_TIMEOUT_MS,
+};
