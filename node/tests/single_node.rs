@@ -213,7 +213,7 @@ tasks:
   - {id: slow1, module: cpu_heavy.wasm, inputs: ["600000000"], depends_on: [a]}
   - {id: slow2, module: cpu_heavy.wasm, inputs: ["600000000"], depends_on: [b]}
   - {id: slow3, module: cpu_heavy.wasm, inputs: ["600000000"], depends_on: [a, b]}
-  - {id: end, module: echo.wasm, inputs: [a, b, "${slow1}${slow2}${slow3}"], depends_on: [slow1, slow2, slow3]}
+  - {id: end, module: echo.wasm, inputs: [a, b, "${slow1}${slow2}${slow3}"], depends_on: [a, b, slow1, slow2, slow3]}
 "#,
     );
     let id = node.submit(&file);

@@ -1387,28 +1387,108 @@ mod tests {
         }
     }
 
+    /// Runs the example modules of `/wasm_modules` (Rust std on wasm32-wasip1 and WAT), when
+    /// they are there; checks the reference outputs of `wasm_modules/README.md`.
     #[test]
-    fn rust_examples_run() {
+    fn example_modules_run() {
         let (mut rt, _dir) = runtime();
-        let mut run = |name: &str, argv: &[&str], stdin: &[u8]| -> Option<Outcome> {
-            let wasm = example(name)?;
-            check_module(&wasm).unwrap();
-            let hash = sha(&wasm);
-            rt.prepare(&hash, &wasm).unwrap();
-            let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
-            Some(rt.run(&hash, &job(&argv, &[], stdin, limits())).unwrap())
-        };
-        if let Some(o) = run("echo", &["echo", "hello", "world"], b"") {
-            let out = String::from_utf8(stdout(o)).unwrap();
-            assert!(out.contains("hello") && out.contains("world"), "{out:?}");
+        let mut run =
+            |name: &str, inputs: &[&str], env: &[(&str, &str)], stdin: &[u8], limits: Limits| {
+                let wasm = example(name)?;
+                check_module(&wasm).unwrap_or_else(|e| panic!("{name}: {e}"));
+                let hash = sha(&wasm);
+                rt.prepare(&hash, &wasm).unwrap();
+                let mut argv = vec![format!("{name}.wasm")];
+                argv.extend(inputs.iter().map(|s| s.to_string()));
+                let env: Vec<(String, String)> = env
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
+                Some(rt.run(&hash, &job(&argv, &env, stdin, limits)).unwrap())
+            };
+        let l = limits();
+        let text = |o: Outcome| String::from_utf8(stdout(o)).unwrap().trim_end().to_owned();
+        if let Some(o) = run("echo", &["hello", "wörld"], &[], b"", l) {
+            assert_eq!(stdout(o), "hello wörld".as_bytes());
         }
-        if let Some(o) = run("sum", &["sum", "1", "2", "39"], b"") {
-            let out = String::from_utf8(stdout(o)).unwrap();
-            assert!(out.contains("42"), "{out:?}");
+        if let Some(o) = run("echo", &[], &[], b"from\xffstdin\n", l) {
+            assert_eq!(stdout(o), b"from\xffstdin\n"); // fd_read, bytes unchanged
         }
-        if let Some(o) = run("greet_1", &["greet_1", "bx3"], b"") {
-            let out = String::from_utf8(stdout(o)).unwrap();
-            assert!(!out.trim().is_empty(), "{out:?}");
+        if let Some(o) = run("sum", &["1", "2 3", "-10", "+4"], &[], b"", l) {
+            assert_eq!(text(o), "0");
+        }
+        if let Some(o) = run("sum", &["1", "2 x3"], &[], b"", l) {
+            match o {
+                Outcome::Exit {
+                    code: 2,
+                    stderr_tail,
+                } => assert!(stderr_tail.contains("x3"), "{stderr_tail}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        if let Some(o) = run("greet_1", &["world"], &[], b"", l) {
+            assert_eq!(text(o), "Hello, world!");
+        }
+        if let Some(o) = run("greet_1", &["bx3"], &[("GREETING", "Howdy")], b"", l) {
+            assert_eq!(text(o), "Howdy, bx3!");
+        }
+        if let Some(o) = run("sha256", &["abc"], &[], b"", l) {
+            assert_eq!(
+                text(o),
+                "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+            );
+        }
+        if let Some(o) = run("exit_code", &["disk on fire"], &[], b"", l) {
+            assert_eq!(
+                o,
+                Outcome::Exit {
+                    code: 3,
+                    stderr_tail: "something went wrong: disk on fire\n".into()
+                }
+            );
+        }
+        if let Some(o) = run("big_output", &[], &[], b"", l) {
+            assert_eq!(stdout(o).len(), 1 << 20);
+        }
+        if let Some(o) = run("big_output", &["2000000"], &[], b"", l) {
+            assert_eq!(
+                o,
+                Outcome::OutputTooLarge {
+                    limit_bytes: 1 << 20
+                }
+            );
+        }
+        if let Some(o) = run("noop", &[], &[], b"", l) {
+            assert_eq!(stdout(o), b"");
+        }
+        if let Some(o) = run("trap", &[], &[], b"", l) {
+            assert!(
+                matches!(o, Outcome::Trap { ref message, .. } if message.contains("unreachable")),
+                "{o:?}"
+            );
+        }
+        if let Some(o) = run(
+            "memory_bomb",
+            &[],
+            &[],
+            b"",
+            Limits {
+                memory_bytes: 32 * MIB,
+                ..l
+            },
+        ) {
+            assert!(
+                matches!(o, Outcome::MemoryExceeded { limit_bytes, .. } if limit_bytes == 32 * MIB),
+                "{o:?}"
+            );
+        }
+        if let Some(o) = run("stdout_flood", &[], &[], b"", l) {
+            assert_eq!(
+                o,
+                Outcome::OutputTooLarge {
+                    limit_bytes: 1 << 20
+                }
+            );
         }
     }
 
