@@ -58,6 +58,10 @@ pub struct RunArgs {
     /// Upper bound on the number of executors, whatever the RAM allows.
     #[arg(long, env = "BX3_MAX_EXECUTORS", value_name = "N")]
     pub max_executors: Option<usize>,
+
+    /// Test hook: read "available RAM" (MB) from this file instead of the OS.
+    #[arg(long, hide = true, value_name = "PATH")]
+    pub ram_file: Option<PathBuf>,
 }
 
 /// The validated configuration a node runs with.
@@ -71,6 +75,7 @@ pub struct Config {
     pub ram_per_executor_mb: u64,
     pub min_free_ram_mb: u64,
     pub max_executors: Option<usize>,
+    pub ram_file: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +164,7 @@ impl RunArgs {
             ram_per_executor_mb: self.ram_per_executor,
             min_free_ram_mb: self.min_free_ram,
             max_executors: self.max_executors,
+            ram_file: self.ram_file.clone(),
         })
     }
 }

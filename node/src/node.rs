@@ -142,21 +142,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
     let compiled_dir = dir.join("compiled");
     std::fs::create_dir_all(&compiled_dir).map_err(io_err(&dir))?;
 
-    let available = executor::available_ram();
-    let capacity = executor::executor_count(
-        available,
-        config.ram_per_executor_mb,
-        config.min_free_ram_mb,
-        config.max_executors,
-    );
-    tracing::info!(
-        %peer_id,
-        executors = capacity,
-        ram_per_executor_mb = config.ram_per_executor_mb,
-        available_ram_mb = available / (1024 * 1024),
-        min_free_ram_mb = config.min_free_ram_mb,
-        "node starting"
-    );
+    let ram_source: Box<dyn executor::sizing::RamSource> = match &config.ram_file {
+        Some(path) => Box::new(executor::sizing::FileRam {
+            path: path.clone(),
+            fallback: executor::sizing::SysRam::new(),
+        }),
+        None => Box::new(executor::sizing::SysRam::new()),
+    };
+    let sizer = executor::sizing::Sizer {
+        source: ram_source,
+        ram_per_executor_mb: config.ram_per_executor_mb,
+        min_free_ram_mb: config.min_free_ram_mb,
+        max_executors: config.max_executors,
+    };
     if !config.peers.is_empty() || config.mdns {
         tracing::info!(
             "mesh networking is not part of this build yet: --peer / mDNS are accepted and ignored"
@@ -166,14 +164,27 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
     let mut tasks = JoinSet::new();
     let (done_tx, done_rx) = mpsc::channel(4096);
     let exe = std::env::current_exe().map_err(NodeError::Exe)?;
-    let (pool, pool_task) = Pool::start(
+    let (pool, capacity, pool_task) = Pool::start(
         PoolConfig {
             exe,
             data_dir: dir.clone(),
         },
+        sizer,
         done_tx,
         shutdown.clone(),
     );
+    {
+        let c = *capacity.borrow();
+        tracing::info!(
+            %peer_id,
+            executors = c.executors,
+            ram_per_executor_mb = config.ram_per_executor_mb,
+            available_ram_mb = c.available_ram_mb,
+            min_free_ram_mb = config.min_free_ram_mb,
+            max_executors = ?config.max_executors,
+            "node starting"
+        );
+    }
     let (actor, handle) = Actor::new(controller::Parts {
         peer_id: peer_id.clone(),
         store,
@@ -214,7 +225,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
             peer_id,
             ram_per_executor_mb: config.ram_per_executor_mb,
             min_free_ram_mb: config.min_free_ram_mb,
-            available_ram_mb: available / (1024 * 1024),
             max_executors: config.max_executors,
         }),
         compile_slots: Arc::new(Semaphore::new(2)),

@@ -48,7 +48,6 @@ pub struct NodeInfo {
     pub peer_id: String,
     pub ram_per_executor_mb: u64,
     pub min_free_ram_mb: u64,
-    pub available_ram_mb: u64,
     pub max_executors: Option<usize>,
 }
 
@@ -318,7 +317,7 @@ async fn status(State(st): State<ApiState>) -> Result<Json<StatusView>, ApiError
             total: local.executors_total as u64,
             busy: local.executors_busy as u64,
             ram_per_executor_mb: info.ram_per_executor_mb,
-            available_ram_mb: info.available_ram_mb,
+            available_ram_mb: local.available_ram_mb,
             min_free_ram_mb: info.min_free_ram_mb,
             max_executors: info.max_executors.map(|m| m as u64),
         },

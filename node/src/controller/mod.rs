@@ -24,7 +24,7 @@ use bx3_protocol::ids::DagId;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::executor::{self, frame::Request, Done, Job, Pool};
+use crate::executor::{self, frame::Request, sizing::Capacity, Done, Job, Pool};
 use crate::store::{DagMeta, SpecRecord, Store, StoreError, TaskRecord};
 use planner::Planner;
 
@@ -70,6 +70,7 @@ pub enum Command {
 #[derive(Debug, Clone, Copy)]
 pub struct LocalStatus {
     pub executors_total: usize,
+    pub available_ram_mb: u64,
     pub executors_busy: usize,
     pub dags_active: usize,
 }
@@ -136,8 +137,8 @@ pub struct Actor {
     store: Store,
     planner: Planner,
     pool: Pool,
-    /// How many jobs the pool may run at once (executor count).
-    capacity: usize,
+    /// How many jobs the pool may run at once (executor count), re-evaluated by the pool.
+    capacity: watch::Receiver<Capacity>,
     /// Jobs handed to the pool and not yet reported back.
     busy: usize,
     /// Default per-task memory limit.
@@ -158,7 +159,7 @@ pub struct Parts {
     pub store: Store,
     pub pool: Pool,
     pub done: mpsc::Receiver<Done>,
-    pub capacity: usize,
+    pub capacity: watch::Receiver<Capacity>,
     pub ram_per_executor_mb: u64,
     pub shutdown: CancellationToken,
 }
@@ -179,7 +180,7 @@ impl Actor {
             store: parts.store,
             planner: Planner::new(),
             pool: parts.pool,
-            capacity: parts.capacity.max(1),
+            capacity: parts.capacity,
             busy: 0,
             ram_per_executor_mb: parts.ram_per_executor_mb,
             running: HashMap::new(),
@@ -236,6 +237,10 @@ impl Actor {
                             Err(_) => break,
                         }
                     }
+                }
+                Ok(()) = self.capacity.changed() => {
+                    // More executors: dispatch below. Fewer: busy ones finish, no new work
+                    // goes to them.
                 }
                 Some(cmd) = self.commands.recv() => {
                     self.handle_command(cmd);
@@ -317,8 +322,10 @@ impl Actor {
                 let _ = reply.send(self.cancel(id));
             }
             Command::Status { reply } => {
+                let capacity = *self.capacity.borrow();
                 let _ = reply.send(LocalStatus {
-                    executors_total: self.capacity,
+                    executors_total: capacity.executors,
+                    available_ram_mb: capacity.available_ram_mb,
                     executors_busy: self.busy,
                     dags_active: self.planner.active_count(),
                 });
@@ -345,7 +352,8 @@ impl Actor {
     }
 
     async fn dispatch(&mut self) {
-        while self.busy < self.capacity {
+        let capacity = self.capacity.borrow().executors.max(1);
+        while self.busy < capacity {
             let Some(a) = self.planner.next_assignment(&self.peer_id) else {
                 break;
             };

@@ -15,6 +15,7 @@
 pub mod child;
 pub mod frame;
 pub mod runtime;
+pub mod sizing;
 pub mod wasi;
 
 use std::path::PathBuf;
@@ -24,10 +25,14 @@ use std::time::{Duration, Instant};
 use bx3_protocol::ids::DagId;
 use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use frame::{Request, Response};
+use sizing::{Capacity, Sizer};
+
+/// How often the executor count is re-evaluated.
+const SIZING_INTERVAL: Duration = Duration::from_secs(3);
 
 /// A task's stdout beyond this fails the task (outputs travel between nodes; see the mesh).
 pub const MAX_OUTPUT: usize = 8 * 1024 * 1024;
@@ -37,29 +42,6 @@ pub const STDERR_TAIL: usize = 4 * 1024;
 const IDLE_RETIRE: Duration = Duration::from_secs(30);
 
 const MB: u64 = 1024 * 1024;
-
-/// `max(1, (available - min_free) / per_executor)`, capped by `max`.
-pub fn executor_count(
-    available_bytes: u64,
-    ram_per_executor_mb: u64,
-    min_free_mb: u64,
-    max: Option<usize>,
-) -> usize {
-    let usable = available_bytes.saturating_sub(min_free_mb.saturating_mul(MB));
-    let n = (usable / ram_per_executor_mb.max(1).saturating_mul(MB)).max(1);
-    let n = usize::try_from(n).unwrap_or(usize::MAX);
-    match max {
-        Some(m) => n.min(m.max(1)),
-        None => n,
-    }
-}
-
-/// RAM currently available on this device, in bytes (what the OS could give without swapping).
-pub fn available_ram() -> u64 {
-    let mut sys = sysinfo::System::new();
-    sys.refresh_memory();
-    sys.available_memory()
-}
 
 /// One task for the pool.
 #[derive(Debug)]
@@ -99,14 +81,17 @@ pub struct PoolConfig {
 }
 
 impl Pool {
-    /// Starts the dispatcher. `done` receives one `Done` per job, always.
+    /// Starts the dispatcher. `done` receives one `Done` per job, always. The returned watch
+    /// carries the executor count, re-evaluated from RAM every few seconds.
     pub fn start(
         config: PoolConfig,
+        mut sizer: Sizer,
         done: mpsc::Sender<Done>,
         shutdown: CancellationToken,
-    ) -> (Pool, tokio::task::JoinHandle<()>) {
+    ) -> (Pool, watch::Receiver<Capacity>, tokio::task::JoinHandle<()>) {
         let (jobs_tx, jobs_rx) = mpsc::channel(1024);
         let (back_tx, back_rx) = mpsc::channel(1024);
+        let (capacity_tx, capacity_rx) = watch::channel(sizer.evaluate(&[]));
         let dispatcher = Dispatcher {
             config,
             jobs: jobs_rx,
@@ -114,9 +99,16 @@ impl Pool {
             back: back_rx,
             done,
             idle: Vec::new(),
+            sizer,
+            capacity: capacity_tx,
+            pids: Default::default(),
             shutdown,
         };
-        (Pool { jobs: jobs_tx }, tokio::spawn(dispatcher.run()))
+        (
+            Pool { jobs: jobs_tx },
+            capacity_rx,
+            tokio::spawn(dispatcher.run()),
+        )
     }
 
     /// Hands a job to the pool. Fails only if the pool has stopped.
@@ -129,11 +121,17 @@ struct Dispatcher {
     config: PoolConfig,
     jobs: mpsc::Receiver<Job>,
     /// Executors come back here after a job that left them healthy.
-    back_tx: mpsc::Sender<Executor>,
-    back: mpsc::Receiver<Executor>,
+    back_tx: mpsc::Sender<Back>,
+    back: mpsc::Receiver<Back>,
     done: mpsc::Sender<Done>,
     /// Healthy idle processes, most recently used last.
     idle: Vec<Executor>,
+    /// Decides the executor count from RAM.
+    sizer: Sizer,
+    /// Publishes the executor count to the controller.
+    capacity: watch::Sender<Capacity>,
+    /// Pids of live executor processes (their RSS counts as available to executors).
+    pids: std::collections::HashSet<u32>,
     shutdown: CancellationToken,
 }
 
@@ -141,19 +139,45 @@ impl Dispatcher {
     async fn run(mut self) {
         let mut retire = tokio::time::interval(IDLE_RETIRE);
         retire.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut resize = tokio::time::interval(SIZING_INTERVAL);
+        resize.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => break,
-                Some(ex) = self.back.recv() => self.idle.push(ex),
+                Some(back) = self.back.recv() => match back {
+                    Back::Idle(ex) => {
+                        if self.idle.len() < self.capacity.borrow().executors {
+                            self.idle.push(ex);
+                        } else {
+                            // The pool shrank: retire this one now that its task is done.
+                            self.pids.remove(&ex.pid);
+                            tokio::spawn(ex.kill());
+                        }
+                    }
+                    Back::Started(pid) => {
+                        self.pids.insert(pid);
+                    }
+                    Back::Gone(pid) => {
+                        self.pids.remove(&pid);
+                    }
+                },
                 Some(job) = self.jobs.recv() => {
                     let ex = self.idle.pop();
                     let ctx = (self.config.clone(), self.back_tx.clone(), self.done.clone());
                     tokio::spawn(run_job(job, ex, ctx));
                 }
+                _ = resize.tick() => self.resize(),
                 _ = retire.tick() => {
                     let before = self.idle.len();
-                    self.idle.retain(|e| e.last_used.elapsed() < IDLE_RETIRE);
+                    let pids = &mut self.pids;
+                    self.idle.retain(|e| {
+                        let keep = e.last_used.elapsed() < IDLE_RETIRE;
+                        if !keep {
+                            pids.remove(&e.pid);
+                        }
+                        keep
+                    });
                     if before != self.idle.len() {
                         tracing::debug!(retired = before - self.idle.len(), idle = self.idle.len(), "retired idle executor processes");
                     }
@@ -162,10 +186,44 @@ impl Dispatcher {
         }
         // Dropping the idle executors kills their processes (kill_on_drop).
     }
+
+    /// Re-evaluates the executor count; a change goes to the controller at once.
+    fn resize(&mut self) {
+        let pids: Vec<u32> = self.pids.iter().copied().collect();
+        let sizer = &mut self.sizer;
+        let next = sizer.evaluate(&pids);
+        let prev = *self.capacity.borrow();
+        if next.executors != prev.executors {
+            tracing::info!(
+                from = prev.executors,
+                to = next.executors,
+                available_ram_mb = next.available_ram_mb,
+                "executor count changed"
+            );
+        }
+        if next != prev {
+            self.capacity.send_replace(next);
+        }
+        while self.idle.len() > next.executors {
+            if let Some(ex) = self.idle.pop() {
+                self.pids.remove(&ex.pid);
+            }
+        }
+    }
+}
+
+/// What job tasks tell the dispatcher about executor processes.
+enum Back {
+    /// Healthy and free again.
+    Idle(Executor),
+    Started(u32),
+    /// Killed or died.
+    Gone(u32),
 }
 
 /// A running executor process.
 struct Executor {
+    pid: u32,
     child: Child,
     stdin: ChildStdin,
     stdout: ChildStdout,
@@ -191,8 +249,10 @@ impl Executor {
             .stdout
             .take()
             .ok_or_else(|| std::io::Error::other("executor has no stdout pipe"))?;
-        tracing::debug!(pid = child.id(), "started executor process");
+        let pid = child.id().unwrap_or(0);
+        tracing::debug!(pid, "started executor process");
         Ok(Executor {
+            pid,
             child,
             stdin,
             stdout,
@@ -236,7 +296,7 @@ enum Ended {
 async fn run_job(
     job: Job,
     ex: Option<Executor>,
-    (config, back, done): (PoolConfig, mpsc::Sender<Executor>, mpsc::Sender<Done>),
+    (config, back, done): (PoolConfig, mpsc::Sender<Back>, mpsc::Sender<Done>),
 ) {
     let finish = |outcome: Result<String, String>, run_us: Option<u64>| Done {
         dag: job.dag,
@@ -249,7 +309,7 @@ async fn run_job(
         Ok(b) => b,
         Err(e) => {
             if let Some(ex) = ex {
-                let _ = back.send(ex).await;
+                let _ = back.send(Back::Idle(ex)).await;
             }
             let _ = done
                 .send(finish(
@@ -263,7 +323,10 @@ async fn run_job(
     let mut ex = match ex {
         Some(ex) => ex,
         None => match Executor::spawn(&config).await {
-            Ok(ex) => ex,
+            Ok(ex) => {
+                let _ = back.send(Back::Started(ex.pid)).await;
+                ex
+            }
             Err(e) => {
                 let _ = done
                     .send(finish(
@@ -287,14 +350,16 @@ async fn run_job(
     let (outcome, run_us) = match ended {
         Ended::Response(resp) => {
             ex.last_used = Instant::now();
-            let _ = back.send(ex).await;
+            let _ = back.send(Back::Idle(ex)).await;
             describe(&job.module, job.request.memory_bytes, resp)
         }
         Ended::Cancelled => {
+            let _ = back.send(Back::Gone(ex.pid)).await;
             ex.kill().await;
             (Err("cancelled".to_string()), None)
         }
         Ended::TimedOut => {
+            let _ = back.send(Back::Gone(ex.pid)).await;
             ex.kill().await;
             (
                 Err(format!(
@@ -305,6 +370,7 @@ async fn run_job(
             )
         }
         Ended::Broken(e) => {
+            let _ = back.send(Back::Gone(ex.pid)).await;
             let how = ex.reap().await;
             tracing::warn!(dag = %job.dag, task = job.task, "executor process died: {how} ({e})");
             (
@@ -384,30 +450,6 @@ fn describe(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn executor_count_follows_the_formula() {
-        let gb = 1024 * MB;
-        // (24 GiB - 512 MB) / 128 MB
-        assert_eq!(
-            executor_count(24 * gb, 128, 512, None),
-            (24 * 1024 - 512) / 128
-        );
-        assert_eq!(
-            executor_count(24 * gb, 128, 512, Some(8)),
-            8,
-            "capped by --max-executors"
-        );
-        assert_eq!(executor_count(256 * MB, 128, 512, None), 1, "at least one");
-        assert_eq!(executor_count(0, 128, 512, None), 1);
-        assert_eq!(executor_count(1024 * MB, 128, 512, None), 4);
-        assert_eq!(
-            executor_count(1024 * MB + 127 * MB, 128, 512, None),
-            4,
-            "rounds down"
-        );
-        assert_eq!(executor_count(2 * gb, 256, 0, None), 8);
-    }
 
     #[test]
     fn describes_outcomes_for_people() {

@@ -264,3 +264,76 @@ pub fn write_dag(dir: &Path, name: &str, yaml: &str) -> PathBuf {
     std::fs::write(&path, yaml).expect("write DAG");
     path
 }
+
+/// Pids of the processes whose parent is `parent` (Linux /proc).
+pub fn children_of(parent: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Fields after the parenthesised command name: state, ppid, ...
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let ppid = rest
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Resident memory of a process in KiB (Linux /proc).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+impl TestNode {
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).expect("node running")
+    }
+
+    /// Starts a node with extra `run` flags.
+    pub fn start_with(args: &[&str]) -> TestNode {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Self::start_in(dir, args.iter().map(|s| s.to_string()).collect())
+    }
+
+    /// Polls `status` until `pred` holds (bounded).
+    pub fn wait_status(
+        &self,
+        limit: Duration,
+        what: &str,
+        pred: impl Fn(&StatusView) -> bool,
+    ) -> StatusView {
+        let deadline = Instant::now() + limit;
+        loop {
+            let s = self.status();
+            if pred(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; last status: {s:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
