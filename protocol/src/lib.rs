@@ -10,10 +10,12 @@
 //!   and the task input ABI ([`Input`], `${id}` output references).
 //! - [`api`]: JSON bodies of the HTTP API (DAG and status views, submit requests).
 //! - [`ids`]: identifiers that cross process boundaries (`DagId`).
+//! - [`wire`]: the versioned, size-limited envelope of every mesh message.
 
 pub mod api;
 pub mod dag;
 pub mod ids;
+pub mod wire;
 
 pub use dag::{
     parse_dag, DagError, DagSpec, Input, Part, Subject, TaskDefaults, TaskSpec, Timeout,

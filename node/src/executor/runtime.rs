@@ -218,16 +218,6 @@ impl Runtime {
         }
     }
 
-    /// Whether `hash` is ready to [`run`](Runtime::run).
-    pub fn is_prepared(&self, hash: &str) -> bool {
-        self.modules.contains_key(hash)
-    }
-
-    /// Drop a module from memory (the disk cache keeps it).
-    pub fn forget(&mut self, hash: &str) {
-        self.modules.remove(hash);
-    }
-
     /// Run a prepared module. `Err` only for host-side problems (module not prepared, an
     /// instantiation failure that is not the memory limit).
     pub fn run(&mut self, hash: &str, job: &Job) -> Result<Outcome, ExecError> {
@@ -1600,7 +1590,7 @@ mod tests {
     #[test]
     #[ignore]
     fn bench_compile_vs_cached_load() {
-        let Some(wasm) = example("sum").or_else(|| example("echo")) else {
+        let Some(wasm) = example("wc_map").or_else(|| example("sum")) else {
             return;
         };
         let hash = sha(&wasm);
@@ -1631,7 +1621,7 @@ mod tests {
         );
         let mut rt = Runtime::new(dir.0.clone()).unwrap();
         rt.load_cached(&hash).unwrap();
-        let argv = vec!["sum".to_string(), "1".to_string(), "2".to_string()];
+        let argv = vec!["wc_map.wasm".to_string(), "the cat, the hat".to_string()];
         let j = job(&argv, &[], b"", limits());
         let mut times: Vec<f64> = (0..500)
             .map(|_| {

@@ -1,0 +1,142 @@
+//! The versioned envelope every mesh message travels in, with size limits.
+//!
+//! The version also lives in the protocol names (`/bx3/rpc/1`, topic `bx3/mesh/1`); inside a
+//! version, changes are additive only (new fields carry `#[serde(default)]`, new enum variants
+//! are appended, retired ones keep their place). Decoding checks the size before anything
+//! else, then the version, then the body, and says which of them was wrong.
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+/// The wire version this build speaks.
+pub const VERSION: u16 = 1;
+/// Gossipsub's own cap is 64 KiB; gossip carries only small periodic messages.
+pub const MAX_GOSSIP: usize = 64 * 1024;
+/// Requests and responses: assignments carry resolved inputs, results carry outputs (8 MiB).
+pub const MAX_RPC: usize = 64 * 1024 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CodecError {
+    #[error("message of {size} bytes is over the {max}-byte limit")]
+    TooLarge { size: usize, max: usize },
+    #[error("message is wire version {got}; this node speaks version {VERSION}")]
+    Version { got: u16 },
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    #[error("cannot encode message: {0}")]
+    Encode(String),
+}
+
+#[derive(Serialize)]
+struct Out<'a, T> {
+    v: u16,
+    body: &'a T,
+}
+
+#[derive(Deserialize)]
+struct Head {
+    v: u16,
+}
+
+#[derive(Deserialize)]
+struct In<T> {
+    body: T,
+}
+
+pub fn encode<T: Serialize>(body: &T, max: usize) -> Result<Vec<u8>, CodecError> {
+    let bytes = serde_cbor::to_vec(&Out { v: VERSION, body })
+        .map_err(|e| CodecError::Encode(e.to_string()))?;
+    if bytes.len() > max {
+        return Err(CodecError::TooLarge {
+            size: bytes.len(),
+            max,
+        });
+    }
+    Ok(bytes)
+}
+
+pub fn decode<T: DeserializeOwned>(bytes: &[u8], max: usize) -> Result<T, CodecError> {
+    if bytes.len() > max {
+        return Err(CodecError::TooLarge {
+            size: bytes.len(),
+            max,
+        });
+    }
+    let head: Head =
+        serde_cbor::from_slice(bytes).map_err(|e| CodecError::Malformed(e.to_string()))?;
+    if head.v != VERSION {
+        return Err(CodecError::Version { got: head.v });
+    }
+    let msg: In<T> =
+        serde_cbor::from_slice(bytes).map_err(|e| CodecError::Malformed(e.to_string()))?;
+    Ok(msg.body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    enum Msg {
+        Ping { n: u32 },
+        Text(String),
+    }
+
+    #[test]
+    fn round_trip() {
+        let bytes = encode(&Msg::Ping { n: 7 }, MAX_GOSSIP).expect("encodes");
+        assert_eq!(decode::<Msg>(&bytes, MAX_GOSSIP), Ok(Msg::Ping { n: 7 }));
+    }
+
+    #[test]
+    fn golden_bytes_stay_decodable() {
+        // {"v": 1, "body": {"Ping": {"n": 7}}} as written by version 1. If this breaks, an
+        // old node's message no longer decodes: that needs a new wire version, not an edit.
+        let golden = hex_bytes("a2 6176 01 64626f6479 a1 6450696e67 a1 616e 07");
+        assert_eq!(decode::<Msg>(&golden, MAX_GOSSIP), Ok(Msg::Ping { n: 7 }));
+        assert_eq!(
+            encode(&Msg::Ping { n: 7 }, MAX_GOSSIP).expect("encodes"),
+            golden
+        );
+    }
+
+    #[test]
+    fn rejects_oversize_wrong_version_and_garbage_with_reasons() {
+        let big = encode(&Msg::Text("x".repeat(100)), usize::MAX).expect("encodes");
+        assert!(matches!(
+            decode::<Msg>(&big, 50),
+            Err(CodecError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            encode(&Msg::Text("x".repeat(100)), 50),
+            Err(CodecError::TooLarge { .. })
+        ));
+
+        #[derive(Serialize)]
+        struct Future<'a> {
+            v: u16,
+            body: &'a str,
+        }
+        let future = serde_cbor::to_vec(&Future { v: 2, body: "hi" }).expect("encodes");
+        let err = decode::<Msg>(&future, MAX_GOSSIP).expect_err("future version");
+        assert_eq!(err, CodecError::Version { got: 2 });
+        assert!(err.to_string().contains("version 2"));
+
+        for garbage in [&b""[..], b"\xff\xff\xff", b"hello", b"\xa1\x61v\x01"] {
+            assert!(
+                matches!(
+                    decode::<Msg>(garbage, MAX_GOSSIP),
+                    Err(CodecError::Malformed(_))
+                ),
+                "{garbage:?}"
+            );
+        }
+    }
+
+    fn hex_bytes(s: &str) -> Vec<u8> {
+        let s: String = s.chars().filter(|c| c.is_ascii_hexdigit()).collect();
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+            .collect()
+    }
+}
