@@ -9,6 +9,9 @@
 //! - [`executor`]: RAM-sized pool of executor processes running WASI modules on wasmer with a
 //!   hand-rolled WASI preview1 host; timeouts, memory and output limits.
 //! - [`store`]: sled behind a typed `Store`, and content-addressed module files.
+//! - [`election`]: sans-IO leader election with terms, tested by a seeded simulator.
+//! - [`net`]: the libp2p event loop (the one task that owns the Swarm) and its client.
+//! - [`mesh`]: typed mesh messages in the versioned wire envelope; membership table.
 //! - [`api`]: the HTTP API (axum) used by the CLI and scripts.
 //! - [`client`]: the CLI's side of that API (`submit`, `dag`, `dags`, `cancel`, `status`).
 
@@ -16,6 +19,9 @@ pub mod api;
 pub mod client;
 pub mod config;
 pub mod controller;
+pub mod election;
 pub mod executor;
+pub mod mesh;
+pub mod net;
 pub mod node;
 pub mod store;

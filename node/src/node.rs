@@ -16,11 +16,15 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{self, ApiState, NodeInfo};
+use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::controller::{self, Actor};
+use crate::election;
 use crate::executor::{self, Pool, PoolConfig};
+use crate::mesh;
+use crate::net;
 use crate::store::{ModuleStore, Store, StoreError};
+use bx3_protocol::wire;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -44,6 +48,8 @@ pub enum NodeError {
     },
     #[error("cannot find the bx3-node executable to start executors: {0}")]
     Exe(std::io::Error),
+    #[error("cannot start networking: {0}")]
+    Net(String),
     #[error("a node task failed: {0}")]
     Task(String),
 }
@@ -185,15 +191,41 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
             "node starting"
         );
     }
+    let (net_tx, net_rx) = mpsc::channel(1024);
+    // Gossip that does not decode as one of our messages is rejected and never forwarded.
+    let validator: net::Validator = Arc::new(|_, data| mesh::decode_gossip(data).is_ok());
+    let (net_client, net_task) = net::start(
+        net::Config {
+            keypair: key.clone(),
+            listen: config.listen.clone(),
+            peers: config.peers.clone(),
+            mdns: config.mdns,
+            max_message: wire::MAX_RPC,
+            max_gossip: wire::MAX_GOSSIP,
+            request_timeout: std::time::Duration::from_secs(30),
+        },
+        validator,
+        net_tx,
+        shutdown.clone(),
+    )
+    .map_err(|e| NodeError::Net(e.to_string()))?;
     let (actor, handle) = Actor::new(controller::Parts {
-        peer_id: peer_id.clone(),
+        peer_id: key.public().to_peer_id(),
         store,
+        modules: modules.clone(),
         pool,
         done: done_rx,
         capacity,
-        ram_per_executor_mb: config.ram_per_executor_mb,
+        info: controller::NodeInfo {
+            ram_per_executor_mb: config.ram_per_executor_mb,
+            min_free_ram_mb: config.min_free_ram_mb,
+            max_executors: config.max_executors,
+        },
+        net: net_client,
+        net_events: net_rx,
+        election: election::Params::default(),
         shutdown: shutdown.clone(),
-    });
+    })?;
     {
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
@@ -221,12 +253,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
         controller: handle,
         modules,
         compiled_dir,
-        info: Arc::new(NodeInfo {
-            peer_id,
-            ram_per_executor_mb: config.ram_per_executor_mb,
-            min_free_ram_mb: config.min_free_ram_mb,
-            max_executors: config.max_executors,
-        }),
         compile_slots: Arc::new(Semaphore::new(2)),
     };
     {
@@ -254,6 +280,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
         }
     }
     let _ = pool_task.await;
+    let _ = net_task.await;
     let _ = std::fs::remove_file(&addr_file);
     tracing::info!("node stopped");
     result

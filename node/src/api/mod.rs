@@ -22,9 +22,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use bx3_protocol::api::{
-    ErrorBody, ExecutorsView, ModuleUploaded, StatusView, SubmitRequest, SubmitResponse,
-};
+use bx3_protocol::api::{ErrorBody, ModuleUploaded, StatusView, SubmitRequest, SubmitResponse};
 use bx3_protocol::dag::parse_dag;
 use bx3_protocol::ids::DagId;
 use serde::Deserialize;
@@ -42,22 +40,12 @@ pub const MAX_SUBMIT_BYTES: usize = 32 * 1024 * 1024;
 /// Longest a long poll waits before answering with the unchanged DAG.
 const MAX_WAIT: Duration = Duration::from_secs(60);
 
-/// Facts about the node that do not change while it runs.
-#[derive(Debug, Clone)]
-pub struct NodeInfo {
-    pub peer_id: String,
-    pub ram_per_executor_mb: u64,
-    pub min_free_ram_mb: u64,
-    pub max_executors: Option<usize>,
-}
-
 #[derive(Clone)]
 pub struct ApiState {
     pub controller: Handle,
     pub modules: ModuleStore,
     /// Where compiled modules are cached (shared with the executor processes).
     pub compiled_dir: PathBuf,
-    pub info: Arc<NodeInfo>,
     /// Bounds concurrent module compilations (each takes a CPU for a while).
     pub compile_slots: Arc<Semaphore>,
 }
@@ -119,12 +107,7 @@ impl IntoResponse for ApiError {
 
 impl From<ControllerError> for ApiError {
     fn from(e: ControllerError) -> ApiError {
-        let status = match &e {
-            ControllerError::NotFound(_) => StatusCode::NOT_FOUND,
-            ControllerError::AlreadyFinished(..) => StatusCode::CONFLICT,
-            ControllerError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
-            ControllerError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        };
+        let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         ApiError::new(status, e.to_string())
     }
 }
@@ -305,24 +288,5 @@ async fn cancel(State(st): State<ApiState>, Path(id): Path<String>) -> Result<Re
 }
 
 async fn status(State(st): State<ApiState>) -> Result<Json<StatusView>, ApiError> {
-    let local = st.controller.status().await?;
-    let info = &st.info;
-    Ok(Json(StatusView {
-        peer_id: info.peer_id.clone(),
-        // Alone, a node is its own controller; the mesh's election fills these in.
-        leader: Some(info.peer_id.clone()),
-        term: 0,
-        listen_addrs: Vec::new(),
-        executors: ExecutorsView {
-            total: local.executors_total as u64,
-            busy: local.executors_busy as u64,
-            ram_per_executor_mb: info.ram_per_executor_mb,
-            available_ram_mb: local.available_ram_mb,
-            min_free_ram_mb: info.min_free_ram_mb,
-            max_executors: info.max_executors.map(|m| m as u64),
-        },
-        peers: Vec::new(),
-        version: env!("CARGO_PKG_VERSION").to_string(),
-        dags_active: local.dags_active as u64,
-    }))
+    Ok(Json(st.controller.status().await?))
 }

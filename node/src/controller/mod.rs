@@ -1,34 +1,53 @@
-//! The controller: sole owner of DAG state. Accepts DAGs, schedules their tasks onto
-//! executors, records results, and persists every change before it is acknowledged.
+//! The cluster actor: sole owner of this node's cluster state — the election, the membership
+//! table, the DAG planner and every store write. When this node is the elected controller it
+//! schedules ready tasks onto the executors of every node (itself included); on every node it
+//! runs the tasks the controller assigns to it and reports their results.
 //!
 //! ```text
-//!   api ──Command (bounded, oneshot reply)──▶ Actor ──Job──▶ executor::Pool
-//!                                              │  ▲               │
-//!            watch<u64> (something changed) ◀──┤  └────Done───────┘
-//!                                              ▼
-//!                                        store::Store (sled)
+//!   api ──Command──▶ ┌───────────────┐ ──Job──▶ executor::Pool ──Done──┐
+//!                    │ cluster Actor │ ◀───────────────────────────────┘
+//!   net ──Event────▶ │ election      │ ──publish / request (spawned)──▶ net::Client
+//!   timers (tick,    │ members       │ ◀──Internal (replies of spawned requests)
+//!   announce)  ────▶ │ planner       │
+//!                    └──────┬────────┘
+//!                           ▼ store::Store (sled): DAGs, tasks, election term + vote
 //! ```
 //!
-//! Each loop turn handles one wake-up plus whatever else is already queued (results first,
-//! then commands), hands ready tasks to free executors, then writes the changes as one batch
-//! with a single flush (group commit) and only then acknowledges submissions.
+//! Each loop turn handles one wake-up plus whatever else is queued (local completions first,
+//! then remote input, then commands), hands ready tasks to free executors, then writes the
+//! changes as one batch with one flush (group commit) and only then acknowledges
+//! submissions. Requests to peers are spawned so the actor never waits on the network.
 
+mod mesh;
 pub mod planner;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bx3_protocol::api::{Counts, DagState, DagSummary, DagView, TaskView};
+use bx3_protocol::api::{Counts, DagState, DagSummary, DagView, StatusView, TaskView};
 use bx3_protocol::ids::DagId;
+use libp2p::PeerId;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::executor::{self, frame::Request, sizing::Capacity, Done, Job, Pool};
-use crate::store::{DagMeta, SpecRecord, Store, StoreError, TaskRecord};
+use crate::election::{self, Election};
+use crate::executor::{self, frame::Request as ExecRequest, sizing::Capacity, Done, Job, Pool};
+use crate::mesh::members::Members;
+use crate::mesh::{Id, WireJob, WireResult};
+use crate::net;
+use crate::store::{DagMeta, ModuleStore, SpecRecord, Store, StoreError, TaskRecord};
 use planner::Planner;
 
 const MB: u64 = 1024 * 1024;
+/// Election clock: one tick every 50 ms.
+pub const TICK: Duration = Duration::from_millis(50);
+/// How often a node announces itself.
+const ANNOUNCE_EVERY: Duration = Duration::from_secs(1);
+/// How long an API call waits for a controller to be elected before giving up.
+const NO_LEADER_WAIT: Duration = Duration::from_secs(5);
+/// Most results buffered for a leader that cannot be reached right now.
+const MAX_PENDING_RESULTS: usize = 100_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
@@ -38,44 +57,55 @@ pub enum ControllerError {
     NotFound(DagId),
     #[error("DAG {0} has already finished ({1})")]
     AlreadyFinished(DagId, &'static str),
+    #[error("no controller has been elected yet; try again in a moment")]
+    NoLeader,
+    /// The controller answered with an error (its HTTP status is kept).
+    #[error("{message}")]
+    Remote { status: u16, message: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
+
+impl ControllerError {
+    /// The HTTP status that fits, also sent over the wire for forwarded calls.
+    pub fn status(&self) -> u16 {
+        match self {
+            ControllerError::NotFound(_) => 404,
+            ControllerError::AlreadyFinished(..) => 409,
+            ControllerError::Stopped | ControllerError::NoLeader => 503,
+            ControllerError::Remote { status, .. } => *status,
+            ControllerError::Store(_) => 500,
+        }
+    }
+}
+
+type Reply<T> = oneshot::Sender<Result<T, ControllerError>>;
 
 pub enum Command {
     Submit {
         spec: SpecRecord,
         source: Option<String>,
-        reply: oneshot::Sender<Result<DagId, ControllerError>>,
+        reply: Reply<DagId>,
     },
     Get {
         id: DagId,
         tasks: bool,
-        reply: oneshot::Sender<Result<DagView, ControllerError>>,
+        reply: Reply<DagView>,
     },
     List {
         limit: usize,
-        reply: oneshot::Sender<Result<Vec<DagSummary>, ControllerError>>,
+        reply: Reply<Vec<DagSummary>>,
     },
     Cancel {
         id: DagId,
-        reply: oneshot::Sender<Result<DagView, ControllerError>>,
+        reply: Reply<DagView>,
     },
     Status {
-        reply: oneshot::Sender<LocalStatus>,
+        reply: oneshot::Sender<StatusView>,
     },
 }
 
-/// What the controller knows about this node's executors and work.
-#[derive(Debug, Clone, Copy)]
-pub struct LocalStatus {
-    pub executors_total: usize,
-    pub available_ram_mb: u64,
-    pub executors_busy: usize,
-    pub dags_active: usize,
-}
-
-/// Cloneable handle used by the API.
+/// Cloneable handle used by the API (and by the actor's own spawned tasks).
 #[derive(Clone)]
 pub struct Handle {
     tx: mpsc::Sender<Command>,
@@ -95,7 +125,7 @@ impl Handle {
         rx.await.map_err(|_| ControllerError::Stopped)
     }
 
-    /// Returns once the DAG is durably stored.
+    /// Returns once the DAG is durably stored by the controller.
     pub async fn submit(
         &self,
         spec: SpecRecord,
@@ -121,47 +151,114 @@ impl Handle {
         self.ask(|reply| Command::Cancel { id, reply }).await?
     }
 
-    pub async fn status(&self) -> Result<LocalStatus, ControllerError> {
+    pub async fn status(&self) -> Result<StatusView, ControllerError> {
         self.ask(|reply| Command::Status { reply }).await
     }
 
-    /// A receiver that wakes whenever any DAG changed (for long polls).
+    /// A receiver that wakes whenever any DAG changed on this node (for long polls).
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.changes.clone()
     }
 }
 
-pub struct Actor {
-    /// This node's peer id, recorded on every task it runs.
-    peer_id: String,
-    store: Store,
-    planner: Planner,
-    pool: Pool,
-    /// How many jobs the pool may run at once (executor count), re-evaluated by the pool.
-    capacity: watch::Receiver<Capacity>,
-    /// Jobs handed to the pool and not yet reported back.
-    busy: usize,
-    /// Default per-task memory limit.
-    ram_per_executor_mb: u64,
-    /// Cancel tokens of running jobs, to stop them when their DAG is cancelled.
-    running: HashMap<(DagId, u32), CancellationToken>,
-    commands: mpsc::Receiver<Command>,
-    done: mpsc::Receiver<Done>,
-    /// Submissions written but not yet flushed; answered after the next flush.
-    acks: Vec<(oneshot::Sender<Result<DagId, ControllerError>>, DagId)>,
-    /// Bumped after every persisted change.
-    changes: watch::Sender<u64>,
-    shutdown: CancellationToken,
+/// Who ordered a job that runs on this node's executors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Origin {
+    /// This node's own planner (it is the controller).
+    Local,
+    /// A controller elsewhere; results go back to the current controller.
+    Remote,
+}
+
+struct Running {
+    token: CancellationToken,
+    origin: Origin,
+}
+
+/// Replies of spawned network requests, back into the actor.
+enum Internal {
+    /// A worker could not take these jobs (unreachable, or it refused our term).
+    AssignFailed {
+        node: Id,
+        jobs: Vec<WireJob>,
+        reason: String,
+    },
+    /// The controller took our results.
+    ResultsDelivered,
+    /// Results could not be delivered to the controller; keep them for the next try.
+    ResultsUndelivered(Vec<WireResult>),
+    /// A module fetched from a peer is now in the module store (or could not be fetched).
+    ModuleFetched { hash: String, error: Option<String> },
+}
+
+/// Static facts the status view shows.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    pub ram_per_executor_mb: u64,
+    pub min_free_ram_mb: u64,
+    pub max_executors: Option<usize>,
 }
 
 pub struct Parts {
-    pub peer_id: String,
+    pub peer_id: PeerId,
     pub store: Store,
+    pub modules: ModuleStore,
     pub pool: Pool,
     pub done: mpsc::Receiver<Done>,
     pub capacity: watch::Receiver<Capacity>,
-    pub ram_per_executor_mb: u64,
+    pub info: NodeInfo,
+    pub net: net::Client,
+    pub net_events: mpsc::Receiver<net::Event>,
+    pub election: election::Params,
     pub shutdown: CancellationToken,
+}
+
+pub struct Actor {
+    /// This node's peer id (text), recorded on every task it runs.
+    me: Id,
+    store: Store,
+    /// Module files, to check presence before running assigned jobs.
+    modules: ModuleStore,
+    planner: Planner,
+    pool: Pool,
+    /// Executor count, re-evaluated by the pool.
+    capacity: watch::Receiver<Capacity>,
+    info: NodeInfo,
+    /// Jobs handed to the local pool and not yet reported back.
+    busy: usize,
+    /// Running local jobs by (dag, task, attempt): cancel token and who ordered them.
+    running: HashMap<(DagId, u32, u32), Running>,
+    commands: mpsc::Receiver<Command>,
+    /// A sender to our own command channel, for spawned tasks that finish a forwarded submit.
+    self_handle: Handle,
+    done: mpsc::Receiver<Done>,
+    /// Submissions written but not yet flushed; answered after the next flush.
+    acks: Vec<(Reply<DagId>, DagId)>,
+    /// API calls waiting for a controller to be elected.
+    parked: Vec<(Instant, Command)>,
+    /// Bumped after every persisted change.
+    changes: watch::Sender<u64>,
+    net: net::Client,
+    net_events: mpsc::Receiver<net::Event>,
+    internal_tx: mpsc::Sender<Internal>,
+    internal: mpsc::Receiver<Internal>,
+    election: Election<Id>,
+    members: Members,
+    /// Peer ids by their text form, learned from connections and messages.
+    peers: HashMap<Id, PeerId>,
+    listen_addrs: Vec<String>,
+    /// Controller side: tasks running on other nodes, and how many per node.
+    remote: HashMap<(DagId, u32), (Id, u32)>,
+    inflight: HashMap<Id, usize>,
+    /// Worker side: assigned jobs waiting for a free executor or for their module.
+    queue: VecDeque<WireJob>,
+    waiting_module: HashMap<String, Vec<WireJob>>,
+    /// Worker side: finished attempts to report to the controller.
+    results_out: Vec<WireResult>,
+    /// Whether a Results request is on its way (one at a time keeps them ordered).
+    results_in_flight: bool,
+    started: Instant,
+    shutdown: CancellationToken,
 }
 
 fn now_ms() -> u64 {
@@ -172,31 +269,60 @@ fn now_ms() -> u64 {
 }
 
 impl Actor {
-    pub fn new(parts: Parts) -> (Actor, Handle) {
+    pub fn new(parts: Parts) -> Result<(Actor, Handle), StoreError> {
         let (tx, rx) = mpsc::channel(256);
         let (changes_tx, changes_rx) = watch::channel(0);
+        let (internal_tx, internal_rx) = mpsc::channel(1024);
+        let me = parts.peer_id.to_string();
+        let persisted = parts.store.election()?;
+        let seed = u64::from_le_bytes(
+            parts.peer_id.to_bytes()[parts.peer_id.to_bytes().len().saturating_sub(8)..]
+                .try_into()
+                .unwrap_or([7; 8]),
+        ) ^ now_ms();
+        let handle = Handle {
+            tx,
+            changes: changes_rx,
+        };
         let actor = Actor {
-            peer_id: parts.peer_id,
+            election: Election::new(me.clone(), parts.election, persisted, seed),
+            me,
             store: parts.store,
+            modules: parts.modules,
             planner: Planner::new(),
             pool: parts.pool,
             capacity: parts.capacity,
+            info: parts.info,
             busy: 0,
-            ram_per_executor_mb: parts.ram_per_executor_mb,
             running: HashMap::new(),
             commands: rx,
+            self_handle: handle.clone(),
             done: parts.done,
             acks: Vec::new(),
+            parked: Vec::new(),
             changes: changes_tx,
+            net: parts.net,
+            net_events: parts.net_events,
+            internal_tx,
+            internal: internal_rx,
+            members: Members::new(),
+            peers: HashMap::new(),
+            listen_addrs: Vec::new(),
+            remote: HashMap::new(),
+            inflight: HashMap::new(),
+            queue: VecDeque::new(),
+            waiting_module: HashMap::new(),
+            results_out: Vec::new(),
+            results_in_flight: false,
+            started: Instant::now(),
             shutdown: parts.shutdown,
         };
-        (
-            actor,
-            Handle {
-                tx,
-                changes: changes_rx,
-            },
-        )
+        Ok((actor, handle))
+    }
+
+    /// Milliseconds since the actor started: the clock for membership timeouts.
+    fn clock_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
     }
 
     /// Loads every unfinished DAG from the store so it continues where it stopped.
@@ -225,6 +351,10 @@ impl Actor {
     pub async fn run(mut self) -> Result<(), StoreError> {
         self.recover()?;
         self.persist().await?;
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut announce = tokio::time::interval(ANNOUNCE_EVERY);
+        announce.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
@@ -238,10 +368,23 @@ impl Actor {
                         }
                     }
                 }
+                Some(msg) = self.internal.recv() => self.handle_internal(msg),
                 Ok(()) = self.capacity.changed() => {
-                    // More executors: dispatch below. Fewer: busy ones finish, no new work
-                    // goes to them.
+                    // More executors: dispatch below, and tell the controller at once.
+                    // Fewer: busy ones finish their task, no new work goes to them.
+                    self.announce().await;
                 }
+                Some(event) = self.net_events.recv() => {
+                    self.handle_net(event).await?;
+                    for _ in 0..256 {
+                        match self.net_events.try_recv() {
+                            Ok(e) => self.handle_net(e).await?,
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = tick.tick() => self.handle_tick().await?,
+                _ = announce.tick() => self.announce().await,
                 Some(cmd) = self.commands.recv() => {
                     self.handle_command(cmd);
                     for _ in 0..64 {
@@ -253,6 +396,7 @@ impl Actor {
                 }
             }
             self.dispatch().await;
+            self.send_results();
             if let Err(e) = self.persist().await {
                 // Without the store nothing can be acknowledged or recorded: stop the node
                 // rather than run on with state that will not survive.
@@ -262,56 +406,68 @@ impl Actor {
                 return Err(e);
             }
         }
-        for token in self.running.values() {
-            token.cancel();
+        for r in self.running.values() {
+            r.token.cancel();
         }
         self.store.flush().await
     }
 
     fn handle_done(&mut self, done: Done) {
         self.busy = self.busy.saturating_sub(1);
-        self.running.remove(&(done.dag, done.task));
+        let Some(running) = self.running.remove(&(done.dag, done.task, done.attempt)) else {
+            return;
+        };
         if let Err(e) = &done.outcome {
             tracing::debug!(dag = %done.dag, task = done.task, attempt = done.attempt, "task attempt failed: {e}");
         }
-        self.planner
-            .on_result(done.dag, done.task, done.attempt, done.outcome, now_ms());
+        match running.origin {
+            Origin::Local => {
+                self.planner
+                    .on_result(done.dag, done.task, done.attempt, done.outcome, now_ms());
+            }
+            Origin::Remote => {
+                if self.results_out.len() >= MAX_PENDING_RESULTS {
+                    tracing::warn!("too many undelivered results; dropping the oldest");
+                    self.results_out.remove(0);
+                }
+                self.results_out.push(WireResult {
+                    dag: done.dag,
+                    task: done.task,
+                    attempt: done.attempt,
+                    outcome: done.outcome,
+                });
+            }
+        }
     }
 
     fn handle_command(&mut self, cmd: Command) {
+        if let Command::Status { reply } = cmd {
+            let _ = reply.send(self.status_view());
+            return;
+        }
+        if self.election.is_leader() {
+            self.handle_as_leader(cmd);
+            return;
+        }
+        match self.election.leader().cloned() {
+            Some(leader) => self.forward(leader, cmd),
+            None => self.parked.push((Instant::now() + NO_LEADER_WAIT, cmd)),
+        }
+    }
+
+    /// Serves an API call on the controller itself.
+    fn handle_as_leader(&mut self, cmd: Command) {
         match cmd {
             Command::Submit {
                 spec,
                 source,
                 reply,
-            } => {
-                let now = now_ms();
-                let id = DagId::new(now, rand::random());
-                let meta = DagMeta {
-                    name: spec.dag.name.clone(),
-                    description: spec.dag.description.clone(),
-                    source,
-                    state: DagState::Pending,
-                    created_at_ms: now,
-                    finished_at_ms: None,
-                    version: 1,
-                    counts: Counts {
-                        total: spec.dag.tasks.len() as u64,
-                        pending: spec.dag.tasks.len() as u64,
-                        ..Counts::default()
-                    },
-                };
-                match self.store.insert_dag(&id, &meta, &spec) {
-                    Ok(()) => {
-                        tracing::info!(dag = %id, name = %meta.name, tasks = spec.dag.tasks.len(), "DAG accepted");
-                        self.planner.add(id, meta, Arc::new(spec), Vec::new());
-                        self.acks.push((reply, id));
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(e.into()));
-                    }
+            } => match self.accept(spec, source) {
+                Ok(id) => self.acks.push((reply, id)),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
                 }
-            }
+            },
             Command::Get { id, tasks, reply } => {
                 let _ = reply.send(self.view(id, tasks));
             }
@@ -322,24 +478,61 @@ impl Actor {
                 let _ = reply.send(self.cancel(id));
             }
             Command::Status { reply } => {
-                let capacity = *self.capacity.borrow();
-                let _ = reply.send(LocalStatus {
-                    executors_total: capacity.executors,
-                    available_ram_mb: capacity.available_ram_mb,
-                    executors_busy: self.busy,
-                    dags_active: self.planner.active_count(),
-                });
+                let _ = reply.send(self.status_view());
             }
         }
+    }
+
+    /// Records a new DAG (the caller acknowledges it after the next flush).
+    fn accept(
+        &mut self,
+        spec: SpecRecord,
+        source: Option<String>,
+    ) -> Result<DagId, ControllerError> {
+        let now = now_ms();
+        let id = DagId::new(now, rand::random());
+        let n = spec.dag.tasks.len() as u64;
+        let meta = DagMeta {
+            name: spec.dag.name.clone(),
+            description: spec.dag.description.clone(),
+            source,
+            state: DagState::Pending,
+            created_at_ms: now,
+            finished_at_ms: None,
+            version: 1,
+            counts: Counts {
+                total: n,
+                pending: n,
+                ..Counts::default()
+            },
+        };
+        self.store.insert_dag(&id, &meta, &spec)?;
+        tracing::info!(dag = %id, name = %meta.name, tasks = n, "DAG accepted");
+        self.planner.add(id, meta, Arc::new(spec), Vec::new());
+        Ok(id)
     }
 
     fn cancel(&mut self, id: DagId) -> Result<DagView, ControllerError> {
         match self.planner.cancel(id, now_ms()) {
             Some(running) => {
+                let mut abort_remote: HashMap<Id, Vec<u32>> = HashMap::new();
                 for task in running {
-                    if let Some(token) = self.running.get(&(id, task)) {
-                        token.cancel();
+                    if let Some((node, _)) = self.remote.remove(&(id, task)) {
+                        if let Some(n) = self.inflight.get_mut(&node) {
+                            *n = n.saturating_sub(1);
+                        }
+                        abort_remote.entry(node).or_default().push(task);
                     }
+                }
+                for r in self
+                    .running
+                    .iter()
+                    .filter(|((dag, _, _), r)| *dag == id && r.origin == Origin::Local)
+                {
+                    r.1.token.cancel();
+                }
+                for node in abort_remote.into_keys() {
+                    self.spawn_request(&node, crate::mesh::Request::Abort { dag: id }, |_| None);
                 }
                 tracing::info!(dag = %id, "DAG cancelled");
                 self.view(id, false)
@@ -351,47 +544,66 @@ impl Actor {
         }
     }
 
-    async fn dispatch(&mut self) {
+    /// Free local executors, counting jobs queued for them.
+    fn local_free(&self) -> usize {
+        self.capacity
+            .borrow()
+            .executors
+            .max(1)
+            .saturating_sub(self.busy + self.queue.len())
+    }
+
+    /// Starts queued jobs (assigned by a controller, possibly this node) on free executors.
+    async fn start_queued(&mut self) {
         let capacity = self.capacity.borrow().executors.max(1);
         while self.busy < capacity {
-            let Some(a) = self.planner.next_assignment(&self.peer_id) else {
+            let Some(job) = self.queue.pop_front() else {
                 break;
             };
-            let token = self.shutdown.child_token();
-            let job = Job {
-                dag: a.dag,
-                task: a.task,
-                attempt: a.attempt,
-                module: a.module,
-                request: Request {
-                    module_hash: a.module_hash,
-                    argv: a.argv,
-                    env: a.env,
-                    stdin: a.stdin.into_bytes(),
-                    memory_bytes: a
-                        .memory_mb
-                        .unwrap_or(self.ram_per_executor_mb)
-                        .saturating_mul(MB),
-                    max_stdout: executor::MAX_OUTPUT,
-                    max_stderr_tail: executor::STDERR_TAIL,
-                },
-                timeout: Duration::from_millis(a.timeout_ms),
-                cancel: token.clone(),
+            let origin = if self.election.is_leader() && self.planner.run(&job.dag).is_some() {
+                Origin::Local
+            } else {
+                Origin::Remote
             };
-            self.running.insert((a.dag, a.task), token);
-            self.busy += 1;
-            if let Err(job) = self.pool.submit(job).await {
-                self.busy -= 1;
-                self.running.remove(&(job.dag, job.task));
-                self.planner.on_result(
-                    job.dag,
-                    job.task,
-                    job.attempt,
-                    Err("the executor pool has stopped".into()),
-                    now_ms(),
-                );
-                break;
-            }
+            self.start_job(job, origin).await;
+        }
+    }
+
+    async fn start_job(&mut self, job: WireJob, origin: Origin) {
+        let token = self.shutdown.child_token();
+        let key = (job.dag, job.task, job.attempt);
+        let exec = Job {
+            dag: job.dag,
+            task: job.task,
+            attempt: job.attempt,
+            module: job.module,
+            request: ExecRequest {
+                module_hash: job.module_hash,
+                argv: job.argv,
+                env: job.env,
+                stdin: job.stdin.into_bytes(),
+                memory_bytes: job
+                    .memory_mb
+                    .unwrap_or(self.info.ram_per_executor_mb)
+                    .saturating_mul(MB),
+                max_stdout: executor::MAX_OUTPUT,
+                max_stderr_tail: executor::STDERR_TAIL,
+            },
+            timeout: Duration::from_millis(job.timeout_ms),
+            cancel: token.clone(),
+        };
+        self.running.insert(key, Running { token, origin });
+        self.busy += 1;
+        if let Err(job) = self.pool.submit(exec).await {
+            self.busy -= 1;
+            self.running.remove(&key);
+            self.handle_done(Done {
+                dag: job.dag,
+                task: job.task,
+                attempt: job.attempt,
+                outcome: Err("the executor pool has stopped".into()),
+                run_us: None,
+            });
         }
     }
 

@@ -298,6 +298,26 @@ impl Planner {
         true
     }
 
+    /// Puts a running attempt back in the queue without counting it: its node was lost or
+    /// refused it, which says nothing about the task. Ignored for a stale attempt.
+    pub fn requeue(&mut self, dag: DagId, idx: u32, attempt: u32) -> bool {
+        let Some(run) = self.runs.get_mut(&dag) else {
+            return false;
+        };
+        let Some(record) = run.tasks.get_mut(idx as usize) else {
+            return false;
+        };
+        if record.state != TaskState::Running || record.attempts != attempt {
+            return false;
+        }
+        record.attempts = record.attempts.saturating_sub(1);
+        record.node = None;
+        run.ready.push_front(idx);
+        self.set_state(dag, idx, TaskState::Pending);
+        self.enqueue(dag);
+        true
+    }
+
     /// Marks every transitive dependent of `idx` that has not run as skipped.
     fn skip_dependents(&mut self, dag: DagId, idx: u32) {
         let Some(run) = self.runs.get(&dag) else {
@@ -531,6 +551,30 @@ tasks:
             "small DAG's tasks interleave: {next:?}"
         );
         assert!(next.contains(&big_id));
+    }
+
+    #[test]
+    fn requeue_after_a_lost_node_does_not_count_an_attempt() {
+        let mut p = Planner::new();
+        let id = add(&mut p, FANOUT, 7);
+        let a = p.next_assignment("worker").expect("root ready");
+        assert!(p.requeue(id, a.task, a.attempt));
+        assert!(!p.requeue(id, a.task, a.attempt), "not running any more");
+        let again = p.next_assignment("other").expect("ready again");
+        assert_eq!(
+            (again.task, again.attempt),
+            (0, 1),
+            "same attempt number, not counted"
+        );
+        assert!(
+            !p.on_result(id, 0, 2, Ok("x".into()), 1),
+            "unknown attempt ignored"
+        );
+        assert!(p.on_result(id, 0, 1, Ok("x".into()), 1));
+        assert_eq!(
+            p.run(&id).expect("run").tasks[0].node.as_deref(),
+            Some("other")
+        );
     }
 
     #[test]

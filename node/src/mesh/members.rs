@@ -54,7 +54,9 @@ impl Members {
     /// An announcement from `id`. Returns true if it joined or its executor count changed.
     pub fn announce(&mut self, id: &Id, a: Announce, now_ms: u64) -> bool {
         let joined = self.heard(id, now_ms);
-        let Some(m) = self.map.get_mut(id) else { return joined };
+        let Some(m) = self.map.get_mut(id) else {
+            return joined;
+        };
         let changed = !m.announced || m.announce.executors_total != a.executors_total;
         m.announce = a;
         m.announced = true;
@@ -115,9 +117,16 @@ mod tests {
         assert!(!m.announce(&a, ann(4), 1000), "same capacity is no news");
         assert!(m.announce(&a, ann(2), 2000), "capacity change is news");
         assert!(m.expire(2000 + DOWN_AFTER_MS).is_empty(), "not yet");
-        assert_eq!(m.expire(2001 + DOWN_AFTER_MS), vec![a.clone()], "silent too long");
+        assert_eq!(
+            m.expire(2001 + DOWN_AFTER_MS),
+            vec![a.clone()],
+            "silent too long"
+        );
         assert!(m.is_empty());
         assert!(m.heard(&a, 9000), "rejoins");
-        assert!(!m.get(&a).expect("member").announced, "executors unknown until it announces");
+        assert!(
+            !m.get(&a).expect("member").announced,
+            "executors unknown until it announces"
+        );
     }
 }

@@ -74,33 +74,67 @@ pub enum Request {
     /// Election messages addressed to one node (votes).
     Election(ElectionMsg),
     /// The leader orders a worker to run jobs. Refused for a term lower than the worker's.
-    Assign { term: Term, jobs: Vec<WireJob> },
+    Assign {
+        term: Term,
+        jobs: Vec<WireJob>,
+    },
     /// A worker reports finished attempts to the leader.
-    Results { results: Vec<WireResult> },
+    Results {
+        results: Vec<WireResult>,
+    },
     /// Module bytes by SHA-256.
-    FetchModule { hash: String },
+    FetchModule {
+        hash: String,
+    },
     /// A DAG accepted by a node's API, handed to the leader. Modules the leader lacks are
     /// fetched back from the sender.
-    Submit { spec: SpecRecord, source: Option<String> },
-    GetDag { id: DagId, tasks: bool },
-    ListDags { limit: u32 },
-    Cancel { id: DagId },
+    Submit {
+        spec: SpecRecord,
+        source: Option<String>,
+    },
+    GetDag {
+        id: DagId,
+        tasks: bool,
+    },
+    ListDags {
+        limit: u32,
+    },
+    Cancel {
+        id: DagId,
+    },
+    /// The controller cancelled this DAG: stop its jobs here.
+    Abort {
+        dag: DagId,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Response {
     Ok,
     /// Refused, with the reason (e.g. a stale term).
-    Rejected { reason: String },
+    Rejected {
+        reason: String,
+    },
     /// Only the leader does this; here is who we think it is.
-    NotLeader { leader: Option<Id> },
-    Module { bytes: serde_bytes_vec::Bytes },
-    NotFound { what: String },
-    Submitted { id: DagId },
+    NotLeader {
+        leader: Option<Id>,
+    },
+    Module {
+        bytes: serde_bytes_vec::Bytes,
+    },
+    NotFound {
+        what: String,
+    },
+    Submitted {
+        id: DagId,
+    },
     Dag(Box<DagView>),
     Dags(Vec<DagSummary>),
     /// The request failed; `status` is the HTTP status the API should answer with.
-    Error { status: u16, message: String },
+    Error {
+        status: u16,
+        message: String,
+    },
 }
 
 /// `Vec<u8>` as a CBOR byte string (not an array of numbers).
@@ -180,7 +214,10 @@ mod tests {
         })
         .expect("encodes");
         // 0x44 = CBOR byte string of length 4, not an array (0x84).
-        assert!(bytes.windows(5).any(|w| w == [0x44, 0, 97, 115, 109]), "{bytes:02x?}");
+        assert!(
+            bytes.windows(5).any(|w| w == [0x44, 0, 97, 115, 109]),
+            "{bytes:02x?}"
+        );
     }
 
     #[test]

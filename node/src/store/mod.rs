@@ -9,6 +9,7 @@
 //! dags.v1   DagId                  -> DagMeta     (small; rewritten on every change)
 //! specs.v1  DagId                  -> SpecRecord  (written once at submit)
 //! tasks.v1  DagId ++ u32 task idx  -> TaskRecord  (absent = pending, never attempted)
+//! meta.v1   "election"             -> the election's term and vote
 //! ```
 //!
 //! Only the controller actor writes; readers may read concurrently (sled is MVCC-safe).
@@ -81,6 +82,7 @@ pub struct TaskRecord {
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
+    meta: sled::Tree,
     dags: sled::Tree,
     specs: sled::Tree,
     tasks: sled::Tree,
@@ -89,6 +91,8 @@ pub struct Store {
 const DAGS: &str = "dags.v1";
 const SPECS: &str = "specs.v1";
 const TASKS: &str = "tasks.v1";
+const META: &str = "meta.v1";
+const ELECTION_KEY: &[u8] = b"election";
 
 fn task_key(dag: &DagId, idx: u32) -> [u8; DagId::LEN + 4] {
     let mut k = [0u8; DagId::LEN + 4];
@@ -120,6 +124,7 @@ impl Store {
             dags: db.open_tree(DAGS)?,
             specs: db.open_tree(SPECS)?,
             tasks: db.open_tree(TASKS)?,
+            meta: db.open_tree(META)?,
             db,
         })
     }
@@ -152,6 +157,19 @@ impl Store {
             batch.insert(&task_key(&dag, idx)[..], encode(rec)?);
         }
         self.tasks.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// The election's durable term and vote (written before acting on them).
+    pub fn election(&self) -> Result<Option<crate::election::Persistent<String>>, StoreError> {
+        match self.meta.get(ELECTION_KEY)? {
+            Some(v) => Ok(Some(decode(META, ELECTION_KEY, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn put_election(&self, p: &crate::election::Persistent<String>) -> Result<(), StoreError> {
+        self.meta.insert(ELECTION_KEY, encode(p)?)?;
         Ok(())
     }
 

@@ -337,3 +337,80 @@ impl TestNode {
         }
     }
 }
+
+/// Several nodes on 127.0.0.1 (`--no-mdns`), each dialing all the ones started before it.
+pub struct Mesh {
+    pub nodes: Vec<TestNode>,
+}
+
+impl Mesh {
+    pub fn start(n: usize, executors: usize) -> Mesh {
+        let mut nodes: Vec<TestNode> = Vec::new();
+        for _ in 0..n {
+            let mut args = vec!["--max-executors".to_string(), executors.to_string()];
+            for prev in &nodes {
+                args.push("--peer".into());
+                args.push(prev.p2p_addr());
+            }
+            let dir = tempfile::tempdir().expect("temp dir");
+            nodes.push(TestNode::start_in(dir, args));
+        }
+        Mesh { nodes }
+    }
+
+    /// Waits until every live node names the same leader, and it is one of them.
+    pub fn wait_leader(&self, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let statuses: Vec<StatusView> = self
+                .nodes
+                .iter()
+                .filter(|n| n.child.is_some())
+                .map(|n| n.status())
+                .collect();
+            let leaders: std::collections::HashSet<Option<String>> =
+                statuses.iter().map(|s| s.leader.clone()).collect();
+            if leaders.len() == 1 {
+                if let Some(Some(l)) = leaders.into_iter().next() {
+                    if statuses.iter().any(|s| s.peer_id == l) {
+                        return l;
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no agreed leader within {limit:?}: {statuses:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn index_of(&self, peer: &str) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.child.is_some() && n.status().peer_id == peer)
+            .expect("peer is one of the mesh's live nodes")
+    }
+}
+
+impl TestNode {
+    /// The node's libp2p address on 127.0.0.1, with its peer id.
+    pub fn p2p_addr(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let s = self.status();
+            if let Some(a) = s
+                .listen_addrs
+                .iter()
+                .find(|a| a.starts_with("/ip4/127.0.0.1/"))
+            {
+                return format!("{a}/p2p/{}", s.peer_id);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node has no listen address: {s:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}

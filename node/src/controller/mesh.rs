@@ -1,0 +1,797 @@
+//! The cluster actor's mesh side: election steps, membership, assignment of tasks to other
+//! nodes, results coming back, forwarded API calls and module fetches.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use bx3_protocol::api::{ExecutorsView, PeerView, StatusView};
+use libp2p::PeerId;
+
+use super::{now_ms, Actor, Command, ControllerError, Internal, Origin};
+use crate::election::{Input, Output, RoleChange};
+use crate::mesh::serde_bytes_vec::Bytes;
+use crate::mesh::{self, Announce, Gossip, Id, Request, Response, WireJob, WireResult};
+use crate::net;
+use crate::store::modules::sha256_hex;
+use crate::store::StoreError;
+
+/// Most jobs in one Assign request (keeps each request well under the size limit for small
+/// inputs; large inputs are bounded by the wire limit itself).
+const ASSIGN_BATCH: usize = 256;
+
+impl Actor {
+    /// Feeds one input to the election and carries out what it says: persist (and flush)
+    /// first, then send.
+    pub(super) async fn elect(&mut self, input: Input<Id>) -> Result<(), StoreError> {
+        let mut out = Vec::new();
+        self.election.step(input, &mut out);
+        if out.is_empty() {
+            return Ok(());
+        }
+        let mut persisted = false;
+        for o in &out {
+            if let Output::Persist(p) = o {
+                self.store.put_election(p)?;
+                persisted = true;
+            }
+        }
+        if persisted {
+            self.store.flush().await?;
+        }
+        for o in out {
+            match o {
+                Output::Persist(_) => {}
+                Output::Broadcast(msg) => self.publish(&Gossip::Election(msg)).await,
+                Output::Send { to, msg } => {
+                    self.spawn_request(&to, Request::Election(msg), |_| None);
+                }
+                Output::Role(change) => self.role_changed(change),
+            }
+        }
+        Ok(())
+    }
+
+    fn role_changed(&mut self, change: RoleChange<Id>) {
+        match change {
+            RoleChange::Leader { term } => {
+                tracing::info!(epoch = term.epoch, leader = %self.me, dags = self.planner.active_count(),
+                    peers = self.members.len(), "this node is now the controller");
+            }
+            RoleChange::Follower { term, leader } => {
+                tracing::info!(epoch = term.epoch, %leader, "following controller");
+                // Work we were handing out under our old term is the new controller's now.
+                self.remote.clear();
+                self.inflight.clear();
+            }
+            RoleChange::Candidate { term } => {
+                tracing::debug!(epoch = term.epoch, "standing for controller");
+            }
+        }
+        let parked = std::mem::take(&mut self.parked);
+        for (_, cmd) in parked {
+            self.handle_command(cmd);
+        }
+    }
+
+    pub(super) async fn handle_tick(&mut self) -> Result<(), StoreError> {
+        self.elect(Input::Tick).await?;
+        for down in self.members.expire(self.clock_ms()) {
+            tracing::info!(peer = %down, "peer is down (silent too long)");
+            self.node_down(&down);
+        }
+        let now = Instant::now();
+        let (expired, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.parked)
+            .into_iter()
+            .partition(|(t, _)| *t <= now);
+        self.parked = kept;
+        for (_, cmd) in expired {
+            fail(cmd, ControllerError::NoLeader);
+        }
+        Ok(())
+    }
+
+    /// A peer left: its executors leave the pool and its running tasks go back to the queue
+    /// (not counted as failed attempts: the task did nothing wrong).
+    fn node_down(&mut self, node: &Id) {
+        self.members.remove(node);
+        self.inflight.remove(node);
+        let lost: Vec<(bx3_protocol::ids::DagId, u32, u32)> = self
+            .remote
+            .iter()
+            .filter(|(_, (n, _))| n == node)
+            .map(|((d, t), (_, a))| (*d, *t, *a))
+            .collect();
+        for (dag, task, attempt) in &lost {
+            self.remote.remove(&(*dag, *task));
+            self.planner.requeue(*dag, *task, *attempt);
+        }
+        if !lost.is_empty() {
+            tracing::info!(peer = %node, tasks = lost.len(), "re-queued the tasks of a lost node");
+        }
+    }
+
+    pub(super) async fn announce(&mut self) {
+        let c = *self.capacity.borrow();
+        let a = Announce {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            executors_total: c.executors as u32,
+            executors_busy: self.busy as u32,
+            ram_per_executor_mb: self.info.ram_per_executor_mb,
+            available_ram_mb: c.available_ram_mb,
+            min_free_ram_mb: self.info.min_free_ram_mb,
+            leader: self.election.leader().cloned(),
+            addrs: self.listen_addrs.clone(),
+        };
+        self.publish(&Gossip::Announce(a)).await;
+    }
+
+    async fn publish(&self, msg: &Gossip) {
+        match mesh::encode_gossip(msg) {
+            Ok(bytes) => {
+                if let Err(e) = self.net.publish(bytes).await {
+                    tracing::debug!("publish failed: {e}");
+                }
+            }
+            Err(e) => tracing::warn!("cannot encode gossip: {e}"),
+        }
+    }
+
+    /// Sends a request without waiting for it; `then` turns the answer into a message for
+    /// the actor (or nothing).
+    pub(super) fn spawn_request(
+        &mut self,
+        to: &Id,
+        req: Request,
+        then: impl FnOnce(Result<Response, String>) -> Option<Internal> + Send + 'static,
+    ) {
+        let Some(peer) = self.peer_of(to) else {
+            if let Some(msg) = then(Err(format!("unknown peer {to}"))) {
+                let _ = self.internal_tx.try_send(msg);
+            }
+            return;
+        };
+        let net = self.net.clone();
+        let back = self.internal_tx.clone();
+        tokio::spawn(async move {
+            let answer = match mesh::encode_rpc(&req) {
+                Ok(bytes) => match net.request(peer, bytes).await {
+                    Ok(reply) => mesh::decode_rpc::<Response>(&reply).map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                },
+                Err(e) => Err(e.to_string()),
+            };
+            if let Some(msg) = then(answer) {
+                let _ = back.send(msg).await;
+            }
+        });
+    }
+
+    fn peer_of(&mut self, id: &Id) -> Option<PeerId> {
+        if let Some(p) = self.peers.get(id) {
+            return Some(*p);
+        }
+        let p: PeerId = id.parse().ok()?;
+        self.peers.insert(id.clone(), p);
+        Some(p)
+    }
+
+    pub(super) fn handle_internal(&mut self, msg: Internal) {
+        match msg {
+            Internal::AssignFailed { node, jobs, reason } => {
+                tracing::info!(peer = %node, jobs = jobs.len(), "assignment failed ({reason}); re-queueing");
+                for j in jobs {
+                    if self.remote.get(&(j.dag, j.task)).map(|(n, a)| (n, *a))
+                        == Some((&node, j.attempt))
+                    {
+                        self.remote.remove(&(j.dag, j.task));
+                        if let Some(n) = self.inflight.get_mut(&node) {
+                            *n = n.saturating_sub(1);
+                        }
+                        self.planner.requeue(j.dag, j.task, j.attempt);
+                    }
+                }
+            }
+            Internal::ResultsDelivered => self.results_in_flight = false,
+            Internal::ResultsUndelivered(mut results) => {
+                self.results_in_flight = false;
+                results.append(&mut self.results_out);
+                self.results_out = results;
+            }
+            Internal::ModuleFetched { hash, error } => {
+                let jobs = self.waiting_module.remove(&hash).unwrap_or_default();
+                match error {
+                    None => self.queue.extend(jobs),
+                    Some(e) => {
+                        for j in jobs {
+                            self.results_out.push(WireResult {
+                                dag: j.dag,
+                                task: j.task,
+                                attempt: j.attempt,
+                                outcome: Err(format!(
+                                    "module {} ({hash}) could not be fetched: {e}",
+                                    j.module
+                                )),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) async fn handle_net(&mut self, event: net::Event) -> Result<(), StoreError> {
+        match event {
+            net::Event::Connected(peer) => {
+                self.peers.insert(peer.to_string(), peer);
+            }
+            net::Event::Disconnected(peer) => {
+                let id = peer.to_string();
+                if self.members.get(&id).is_some() {
+                    tracing::info!(peer = %id, "peer disconnected");
+                }
+                self.node_down(&id);
+            }
+            net::Event::Listening(addr) => {
+                let a = addr.to_string();
+                if !self.listen_addrs.contains(&a) {
+                    self.listen_addrs.push(a);
+                }
+            }
+            net::Event::Gossip { from, data } => {
+                let id = from.to_string();
+                self.peers.insert(id.clone(), from);
+                let Ok(msg) = mesh::decode_gossip(&data) else {
+                    return Ok(());
+                };
+                self.heard(&id).await?;
+                match msg {
+                    Gossip::Announce(a) => {
+                        let clock = self.clock_ms();
+                        if self.members.announce(&id, a, clock) {
+                            tracing::debug!(peer = %id, "peer joined or changed its executors");
+                        }
+                    }
+                    Gossip::Election(m) => self.elect(Input::Receive { from: id, msg: m }).await?,
+                }
+            }
+            net::Event::Request { from, data, reply } => {
+                let id = from.to_string();
+                self.peers.insert(id.clone(), from);
+                self.heard(&id).await?;
+                match mesh::decode_rpc::<Request>(&data) {
+                    Ok(req) => self.handle_request(id, req, reply).await?,
+                    Err(e) => respond(
+                        reply,
+                        &Response::Error {
+                            status: 400,
+                            message: format!("bad request: {e}"),
+                        },
+                    ),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn heard(&mut self, id: &Id) -> Result<(), StoreError> {
+        let clock = self.clock_ms();
+        if self.members.heard(id, clock) {
+            tracing::info!(peer = %id, "peer joined");
+        }
+        self.elect(Input::Heard(id.clone())).await
+    }
+
+    /// Answers a request, now or from a spawned task that takes `reply` along.
+    async fn handle_request(
+        &mut self,
+        from: Id,
+        req: Request,
+        reply: tokio::sync::oneshot::Sender<Vec<u8>>,
+    ) -> Result<(), StoreError> {
+        let leader = self.election.is_leader();
+        let resp = match req {
+            Request::Election(msg) => {
+                self.elect(Input::Receive { from, msg }).await?;
+                Response::Ok
+            }
+            Request::Assign { term, jobs } => {
+                if !self.election.accepts(&term) {
+                    Response::Rejected {
+                        reason: format!(
+                            "stale term {}: this node follows term {:?}",
+                            term.epoch,
+                            self.election.term().map(|t| t.epoch)
+                        ),
+                    }
+                } else {
+                    for job in jobs {
+                        self.enqueue_job(job, &from);
+                    }
+                    Response::Ok
+                }
+            }
+            Request::Results { results } => {
+                if !leader {
+                    Response::NotLeader {
+                        leader: self.election.leader().cloned(),
+                    }
+                } else {
+                    for r in results {
+                        self.remote_result(&from, r);
+                    }
+                    Response::Ok
+                }
+            }
+            Request::Abort { dag } => {
+                for ((d, _, _), r) in self.running.iter() {
+                    if *d == dag && r.origin == Origin::Remote {
+                        r.token.cancel();
+                    }
+                }
+                self.queue.retain(|j| j.dag != dag);
+                Response::Ok
+            }
+            Request::FetchModule { hash } => {
+                let modules = self.modules.clone();
+                tokio::task::spawn_blocking(move || {
+                    let resp = match modules.get(&hash) {
+                        Ok(Some(bytes)) => Response::Module {
+                            bytes: Bytes(bytes),
+                        },
+                        Ok(None) => Response::NotFound {
+                            what: format!("module {hash}"),
+                        },
+                        Err(e) => Response::Error {
+                            status: 500,
+                            message: format!("cannot read module {hash}: {e}"),
+                        },
+                    };
+                    respond(reply, &resp);
+                });
+                return Ok(());
+            }
+            Request::Submit { spec, source } => {
+                if !leader {
+                    Response::NotLeader {
+                        leader: self.election.leader().cloned(),
+                    }
+                } else {
+                    let handle = self.self_handle.clone();
+                    let modules = self.modules.clone();
+                    let net = self.net.clone();
+                    let Some(peer) = self.peer_of(&from) else {
+                        respond(
+                            reply,
+                            &Response::Error {
+                                status: 400,
+                                message: format!("unknown peer {from}"),
+                            },
+                        );
+                        return Ok(());
+                    };
+                    tokio::spawn(async move {
+                        let resp = match fetch_missing(&net, peer, &modules, spec.modules.values())
+                            .await
+                        {
+                            Err(e) => Response::Error {
+                                status: 502,
+                                message: e,
+                            },
+                            Ok(()) => match handle.submit(spec, source).await {
+                                Ok(id) => Response::Submitted { id },
+                                Err(e) => Response::Error {
+                                    status: e.status(),
+                                    message: e.to_string(),
+                                },
+                            },
+                        };
+                        respond(reply, &resp);
+                    });
+                    return Ok(());
+                }
+            }
+            Request::GetDag { id, tasks } => match self.view(id, tasks) {
+                Ok(v) => Response::Dag(Box::new(v)),
+                Err(e) => Response::Error {
+                    status: e.status(),
+                    message: e.to_string(),
+                },
+            },
+            Request::ListDags { limit } => match self.list(limit as usize) {
+                Ok(v) => Response::Dags(v),
+                Err(e) => Response::Error {
+                    status: e.status(),
+                    message: e.to_string(),
+                },
+            },
+            Request::Cancel { id } => {
+                if !leader {
+                    Response::NotLeader {
+                        leader: self.election.leader().cloned(),
+                    }
+                } else {
+                    match self.cancel(id) {
+                        Ok(v) => Response::Dag(Box::new(v)),
+                        Err(e) => Response::Error {
+                            status: e.status(),
+                            message: e.to_string(),
+                        },
+                    }
+                }
+            }
+        };
+        respond(reply, &resp);
+        Ok(())
+    }
+
+    /// A job assigned to this node: run it once its module is here and an executor is free.
+    fn enqueue_job(&mut self, job: WireJob, from: &Id) {
+        if self.modules.contains(&job.module_hash) {
+            self.queue.push_back(job);
+            return;
+        }
+        let hash = job.module_hash.clone();
+        let first = !self.waiting_module.contains_key(&hash);
+        self.waiting_module
+            .entry(hash.clone())
+            .or_default()
+            .push(job);
+        if !first {
+            return;
+        }
+        let Some(peer) = self.peer_of(from) else {
+            return;
+        };
+        let net = self.net.clone();
+        let modules = self.modules.clone();
+        let back = self.internal_tx.clone();
+        tokio::spawn(async move {
+            let error = fetch_missing(&net, peer, &modules, std::iter::once(&hash))
+                .await
+                .err();
+            let _ = back.send(Internal::ModuleFetched { hash, error }).await;
+        });
+    }
+
+    /// A result from a worker, on the controller.
+    fn remote_result(&mut self, from: &Id, r: WireResult) {
+        if let Some((node, attempt)) = self.remote.get(&(r.dag, r.task)) {
+            if *attempt == r.attempt {
+                let node = node.clone();
+                self.remote.remove(&(r.dag, r.task));
+                if let Some(n) = self.inflight.get_mut(&node) {
+                    *n = n.saturating_sub(1);
+                }
+            }
+        }
+        if !self
+            .planner
+            .on_result(r.dag, r.task, r.attempt, r.outcome, now_ms())
+        {
+            tracing::debug!(peer = %from, dag = %r.dag, task = r.task, attempt = r.attempt, "stale result ignored");
+        }
+    }
+
+    /// Hands ready tasks to free executors across the mesh (controller only), then starts
+    /// queued jobs on this node's executors.
+    pub(super) async fn dispatch(&mut self) {
+        if self.election.is_leader() {
+            if let Some(term) = self.election.term().cloned() {
+                self.assign(term).await;
+            }
+        }
+        self.start_queued().await;
+    }
+
+    async fn assign(&mut self, term: mesh::Term) {
+        // Free slots per node: this node's free executors, and each announced peer's total
+        // minus what we have in flight there.
+        let mut slots: Vec<(Id, usize, usize)> = Vec::new(); // (node, free, total)
+        let local_total = self.capacity.borrow().executors.max(1);
+        slots.push((self.me.clone(), self.local_free(), local_total));
+        for (id, m) in self.members.iter() {
+            if !m.announced || m.announce.executors_total == 0 {
+                continue;
+            }
+            let total = m.announce.executors_total as usize;
+            let used = self.inflight.get(id).copied().unwrap_or(0);
+            slots.push((id.clone(), total.saturating_sub(used), total));
+        }
+        let mut batches: HashMap<Id, Vec<WireJob>> = HashMap::new();
+        loop {
+            // Least busy first (by fraction of executors in use), so load spreads over the
+            // mesh instead of filling one node before the next.
+            let Some(best) = slots
+                .iter_mut()
+                .filter(|(_, free, _)| *free > 0)
+                .min_by(|a, b| {
+                    let fa = (a.2 - a.1) as f64 / a.2 as f64;
+                    let fb = (b.2 - b.1) as f64 / b.2 as f64;
+                    fa.total_cmp(&fb).then_with(|| a.0.cmp(&b.0))
+                })
+            else {
+                break;
+            };
+            let Some(a) = self.planner.next_assignment(&best.0) else {
+                break;
+            };
+            best.1 -= 1;
+            let job = WireJob {
+                dag: a.dag,
+                task: a.task,
+                attempt: a.attempt,
+                module: a.module,
+                module_hash: a.module_hash,
+                argv: a.argv,
+                env: a.env,
+                stdin: a.stdin,
+                timeout_ms: a.timeout_ms,
+                memory_mb: a.memory_mb,
+            };
+            if best.0 == self.me {
+                self.start_job(job, Origin::Local).await;
+            } else {
+                self.remote
+                    .insert((job.dag, job.task), (best.0.clone(), job.attempt));
+                *self.inflight.entry(best.0.clone()).or_default() += 1;
+                batches.entry(best.0.clone()).or_default().push(job);
+            }
+        }
+        for (node, jobs) in batches {
+            for chunk in jobs.chunks(ASSIGN_BATCH) {
+                let chunk = chunk.to_vec();
+                let failed = chunk.clone();
+                let n = node.clone();
+                self.spawn_request(
+                    &node,
+                    Request::Assign {
+                        term: term.clone(),
+                        jobs: chunk,
+                    },
+                    move |answer| match answer {
+                        Ok(Response::Ok) => None,
+                        Ok(other) => Some(Internal::AssignFailed {
+                            node: n,
+                            jobs: failed,
+                            reason: format!("{other:?}"),
+                        }),
+                        Err(e) => Some(Internal::AssignFailed {
+                            node: n,
+                            jobs: failed,
+                            reason: e,
+                        }),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Reports finished attempts to the controller (one request in flight at a time).
+    pub(super) fn send_results(&mut self) {
+        if self.results_out.is_empty() || self.results_in_flight {
+            return;
+        }
+        if self.election.is_leader() {
+            // We became the controller: record them ourselves.
+            let me = self.me.clone();
+            for r in std::mem::take(&mut self.results_out) {
+                self.remote_result(&me, r);
+            }
+            return;
+        }
+        let Some(leader) = self.election.leader().cloned() else {
+            return;
+        };
+        let results = std::mem::take(&mut self.results_out);
+        let keep = results.clone();
+        self.results_in_flight = true;
+        self.spawn_request(
+            &leader,
+            Request::Results { results },
+            move |answer| match answer {
+                Ok(Response::Ok) => Some(Internal::ResultsDelivered),
+                _ => Some(Internal::ResultsUndelivered(keep)),
+            },
+        );
+    }
+
+    /// Sends an API call to the controller and answers the caller when it replies.
+    pub(super) fn forward(&mut self, leader: Id, cmd: Command) {
+        let Some(peer) = self.peer_of(&leader) else {
+            fail(cmd, ControllerError::NoLeader);
+            return;
+        };
+        let net = self.net.clone();
+        tokio::spawn(async move {
+            match cmd {
+                Command::Submit {
+                    spec,
+                    source,
+                    reply,
+                } => {
+                    let r = call(&net, peer, Request::Submit { spec, source })
+                        .await
+                        .and_then(|resp| match resp {
+                            Response::Submitted { id } => Ok(id),
+                            other => Err(unexpected(other)),
+                        });
+                    let _ = reply.send(r);
+                }
+                Command::Get { id, tasks, reply } => {
+                    let r = call(&net, peer, Request::GetDag { id, tasks })
+                        .await
+                        .and_then(|resp| match resp {
+                            Response::Dag(v) => Ok(*v),
+                            other => Err(unexpected(other)),
+                        });
+                    let _ = reply.send(r);
+                }
+                Command::List { limit, reply } => {
+                    let limit = u32::try_from(limit).unwrap_or(u32::MAX);
+                    let r = call(&net, peer, Request::ListDags { limit })
+                        .await
+                        .and_then(|resp| match resp {
+                            Response::Dags(v) => Ok(v),
+                            other => Err(unexpected(other)),
+                        });
+                    let _ = reply.send(r);
+                }
+                Command::Cancel { id, reply } => {
+                    let r = call(&net, peer, Request::Cancel { id })
+                        .await
+                        .and_then(|resp| match resp {
+                            Response::Dag(v) => Ok(*v),
+                            other => Err(unexpected(other)),
+                        });
+                    let _ = reply.send(r);
+                }
+                Command::Status { .. } => {}
+            }
+        });
+    }
+
+    pub(super) fn status_view(&self) -> StatusView {
+        let c = *self.capacity.borrow();
+        let mut peers: Vec<PeerView> = self
+            .members
+            .iter()
+            .map(|(id, m)| PeerView {
+                peer_id: id.clone(),
+                executors: ExecutorsView {
+                    total: u64::from(m.announce.executors_total),
+                    busy: u64::from(m.announce.executors_busy),
+                    ram_per_executor_mb: m.announce.ram_per_executor_mb,
+                    available_ram_mb: m.announce.available_ram_mb,
+                    min_free_ram_mb: m.announce.min_free_ram_mb,
+                    max_executors: None,
+                },
+                addrs: m.announce.addrs.clone(),
+            })
+            .collect();
+        peers.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+        StatusView {
+            peer_id: self.me.clone(),
+            leader: self.election.leader().cloned(),
+            term: self.election.term().map(|t| t.epoch).unwrap_or(0),
+            listen_addrs: self.listen_addrs.clone(),
+            executors: ExecutorsView {
+                total: c.executors as u64,
+                busy: self.busy as u64,
+                ram_per_executor_mb: self.info.ram_per_executor_mb,
+                available_ram_mb: c.available_ram_mb,
+                min_free_ram_mb: self.info.min_free_ram_mb,
+                max_executors: self.info.max_executors.map(|m| m as u64),
+            },
+            peers,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            dags_active: self.planner.active_count() as u64,
+        }
+    }
+}
+
+fn respond(reply: tokio::sync::oneshot::Sender<Vec<u8>>, resp: &Response) {
+    match mesh::encode_rpc(resp) {
+        Ok(bytes) => {
+            let _ = reply.send(bytes);
+        }
+        Err(e) => tracing::warn!("cannot encode a response: {e}"),
+    }
+}
+
+fn fail(cmd: Command, e: ControllerError) {
+    let remote = |e: &ControllerError| ControllerError::Remote {
+        status: e.status(),
+        message: e.to_string(),
+    };
+    match cmd {
+        Command::Submit { reply, .. } => {
+            let _ = reply.send(Err(e));
+        }
+        Command::Get { reply, .. } => {
+            let _ = reply.send(Err(remote(&e)));
+        }
+        Command::List { reply, .. } => {
+            let _ = reply.send(Err(remote(&e)));
+        }
+        Command::Cancel { reply, .. } => {
+            let _ = reply.send(Err(remote(&e)));
+        }
+        Command::Status { .. } => {}
+    }
+}
+
+fn unexpected(resp: Response) -> ControllerError {
+    match resp {
+        Response::Error { status, message } => ControllerError::Remote { status, message },
+        Response::NotLeader { .. } => ControllerError::NoLeader,
+        Response::NotFound { what } => ControllerError::Remote {
+            status: 404,
+            message: format!("{what} not found"),
+        },
+        Response::Rejected { reason } => ControllerError::Remote {
+            status: 409,
+            message: reason,
+        },
+        other => ControllerError::Remote {
+            status: 502,
+            message: format!("unexpected answer from the controller: {other:?}"),
+        },
+    }
+}
+
+async fn call(net: &net::Client, peer: PeerId, req: Request) -> Result<Response, ControllerError> {
+    let bytes = mesh::encode_rpc(&req).map_err(|e| ControllerError::Remote {
+        status: 500,
+        message: e.to_string(),
+    })?;
+    let reply = net
+        .request(peer, bytes)
+        .await
+        .map_err(|e| ControllerError::Remote {
+            status: 502,
+            message: format!("the controller ({peer}) did not answer: {e}"),
+        })?;
+    mesh::decode_rpc(&reply).map_err(|e| ControllerError::Remote {
+        status: 502,
+        message: format!("bad answer from the controller: {e}"),
+    })
+}
+
+/// Fetches from `peer` every module in `hashes` that is not in `modules`, checking each
+/// against its hash before storing it. Bytes that do not match are refused, never run.
+async fn fetch_missing<'a>(
+    net: &net::Client,
+    peer: PeerId,
+    modules: &crate::store::ModuleStore,
+    hashes: impl Iterator<Item = &'a String>,
+) -> Result<(), String> {
+    for hash in hashes {
+        if modules.contains(hash) {
+            continue;
+        }
+        let req = mesh::encode_rpc(&Request::FetchModule { hash: hash.clone() })
+            .map_err(|e| e.to_string())?;
+        let reply = net
+            .request(peer, req)
+            .await
+            .map_err(|e| format!("fetching module {hash} from {peer}: {e}"))?;
+        match mesh::decode_rpc::<Response>(&reply).map_err(|e| e.to_string())? {
+            Response::Module { bytes } => {
+                let actual = sha256_hex(&bytes.0);
+                if &actual != hash {
+                    return Err(format!(
+                        "peer {peer} sent bytes with hash {actual} for module {hash}; refused"
+                    ));
+                }
+                let modules = modules.clone();
+                tokio::task::spawn_blocking(move || modules.put(&bytes.0))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| format!("cannot store module {hash}: {e}"))?;
+                tracing::debug!(%hash, %peer, "fetched module");
+            }
+            other => return Err(format!("peer {peer} has no module {hash}: {other:?}")),
+        }
+    }
+    Ok(())
+}

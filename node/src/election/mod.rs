@@ -1,0 +1,900 @@
+//! Controller election: which node of the mesh is the controller (the leader).
+//!
+//! An I/O-free state machine in the style of raft-rs: the node's actor feeds it [`Input`]s
+//! (clock ticks, election messages, liveness of peers, the node's log position) and carries
+//! out the [`Output`]s (persist, broadcast, send, role changes) in order. Time is counted in
+//! ticks (50 ms in production) and the randomized timeouts come from a seed given to
+//! [`Election::new`], so a run is a pure function of its inputs; `sim.rs` drives thousands of
+//! seeded meshes through partitions, loss, crashes and joins.
+//!
+//! # Terms, epochs and votes
+//!
+//! A term is `(epoch, candidate)`, ordered epoch first then candidate id. Only `candidate`
+//! can ever lead its term, so **two candidates never share a term** and "at most one leader
+//! per term" holds by construction; the simulator checks the stronger observable form: no two
+//! nodes are ever seen leading the same term (which also catches a node claiming to lead a
+//! term that is not its own). Votes are per epoch: a node votes at most once per epoch,
+//! itself included, so within one epoch at most one candidate can gather a majority of any
+//! one group.
+//!
+//! Each node keeps three durable values ([`Persistent`]):
+//!
+//! - `epoch`: the highest epoch it has seen in any message or candidacy;
+//! - `term`: the highest term it has followed or led, which never decreases. Standing as a
+//!   candidate does *not* change it (a candidacy only becomes a term when it is won), so a
+//!   candidate that turns out to be wrong — its leader was alive after all — can go back to
+//!   following without moving backwards;
+//! - `voted`: its vote in its latest voting epoch.
+//!
+//! # Availability first
+//!
+//! A candidate wins with a strict majority of its *alive set* (peers heard within
+//! `alive_window` ticks) plus itself, not of a fixed membership: each side of a partition
+//! elects its own leader and keeps working, and a node alone leads itself. When the sides
+//! meet again the higher term wins. Orders from an old term are fenced with
+//! [`Election::accepts`].
+//!
+//! # Outputs and durability
+//!
+//! Whenever `epoch`, `term` or `voted` change, an [`Output::Persist`] is emitted before any
+//! other output of the same step; the actor makes it durable before sending what follows.
+//! A restarted node is built from its last `Persistent` and so never votes twice in an epoch
+//! or goes back in term.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Debug;
+use std::hash::Hash;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+#[cfg(test)]
+mod sim;
+
+/// A message from an epoch more than this far ahead of ours is ignored as garbage. Why: no
+/// real mesh runs four billion elections, and adopting an epoch near `u64::MAX` would leave
+/// no room for any later candidacy.
+const MAX_EPOCH_JUMP: u64 = 1 << 32;
+
+/// What a node id must be: the mesh uses peer ids as text, the simulator `u64`.
+pub trait NodeId: Clone + Ord + Hash + Debug + Serialize + DeserializeOwned {}
+impl<T: Clone + Ord + Hash + Debug + Serialize + DeserializeOwned> NodeId for T {}
+
+/// A leadership term: epoch first, then the candidate that stood (and only it can lead it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Term<Id> {
+    pub epoch: u64,
+    pub candidate: Id,
+}
+
+/// Position in the replicated state, given by the node: the term of its last entry, then a
+/// sequence number. Ordered: a later term beats any sequence number of an earlier one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct LogPos<Id> {
+    pub term: Option<Term<Id>>,
+    pub seq: u64,
+}
+
+impl<Id> Default for LogPos<Id> {
+    fn default() -> Self {
+        LogPos { term: None, seq: 0 }
+    }
+}
+
+/// Timing, in ticks (50 ms in production).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Params {
+    /// A leader broadcasts a heartbeat this often (3 = 150 ms).
+    pub heartbeat_ticks: u64,
+    /// A follower that has not heard its leader for a random time in
+    /// `[election_timeout_min, election_timeout_max)` stands (10..20 = 0.5–1 s). The lower
+    /// bound is also the leader lease: a follower refuses other candidates while its leader
+    /// was heard more recently than that.
+    pub election_timeout_min: u64,
+    pub election_timeout_max: u64,
+    /// A peer heard within this many ticks is alive and counts in the quorum (30 = 1.5 s).
+    pub alive_window: u64,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            heartbeat_ticks: 3,
+            election_timeout_min: 10,
+            election_timeout_max: 20,
+            alive_window: 30,
+        }
+    }
+}
+
+impl Params {
+    /// Every value at least 1 and a non-empty timeout range.
+    fn sanitized(self) -> Params {
+        let heartbeat_ticks = self.heartbeat_ticks.max(1);
+        let election_timeout_min = self.election_timeout_min.max(1);
+        let election_timeout_max = self
+            .election_timeout_max
+            .max(election_timeout_min.saturating_add(1));
+        Params {
+            heartbeat_ticks,
+            election_timeout_min,
+            election_timeout_max,
+            alive_window: self.alive_window.max(1),
+        }
+    }
+}
+
+/// What must survive a restart; written by the actor before it acts on anything that follows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Persistent<Id> {
+    /// Highest epoch seen.
+    pub epoch: u64,
+    /// Highest term followed or led.
+    pub term: Option<Term<Id>>,
+    /// The vote cast in the latest epoch this node voted in: `(epoch, candidate)`.
+    pub voted: Option<(u64, Id)>,
+}
+
+impl<Id> Default for Persistent<Id> {
+    fn default() -> Self {
+        Persistent {
+            epoch: 0,
+            term: None,
+            voted: None,
+        }
+    }
+}
+
+/// What nodes say to each other about the election.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message<Id> {
+    /// Broadcast by a leader every `heartbeat_ticks`, and at once on winning.
+    Heartbeat { term: Term<Id>, pos: LogPos<Id> },
+    /// Broadcast by a candidate standing in `term` (its own).
+    VoteRequest { term: Term<Id>, pos: LogPos<Id> },
+    /// The answer to a vote request, sent to its candidate; `term` is the candidacy's.
+    Vote { term: Term<Id>, granted: bool },
+}
+
+impl<Id> Message<Id> {
+    pub fn term(&self) -> &Term<Id> {
+        match self {
+            Message::Heartbeat { term, .. }
+            | Message::VoteRequest { term, .. }
+            | Message::Vote { term, .. } => term,
+        }
+    }
+}
+
+/// What the actor feeds the machine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input<Id> {
+    /// One clock tick.
+    Tick,
+    /// An election message from a peer (also counts as hearing from it).
+    Receive { from: Id, msg: Message<Id> },
+    /// Any traffic from a peer (membership announcements, RPCs): keeps it in the alive set.
+    Heard(Id),
+    /// This node's current log position.
+    LogPos(LogPos<Id>),
+}
+
+/// What the machine asks of the actor, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output<Id> {
+    /// Make this durable before carrying out any output that follows it.
+    Persist(Persistent<Id>),
+    /// To every peer (heartbeats and vote requests).
+    Broadcast(Message<Id>),
+    /// To one peer (votes).
+    Send { to: Id, msg: Message<Id> },
+    /// This node's role changed.
+    Role(RoleChange<Id>),
+}
+
+/// Emitted when this node wins a term (also when a leader re-wins itself a newer term), starts
+/// following a leader, or stands as a candidate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RoleChange<Id> {
+    Leader { term: Term<Id> },
+    Follower { term: Term<Id>, leader: Id },
+    Candidate { term: Term<Id> },
+}
+
+/// Votes gathered for one candidacy.
+#[derive(Clone, Debug)]
+struct Campaign<Id> {
+    term: Term<Id>,
+    /// Who granted, this node included.
+    votes: BTreeSet<Id>,
+}
+
+/// The last heartbeat from the leader a follower follows.
+#[derive(Clone, Debug)]
+struct Contact<Id> {
+    at: u64,
+    pos: LogPos<Id>,
+}
+
+#[derive(Clone, Debug)]
+enum Role<Id> {
+    /// Following `term.candidate` when `leader` is set; otherwise listening (just started,
+    /// or gave its vote to a candidate and waits to hear who won).
+    Follower {
+        leader: Option<Contact<Id>>,
+    },
+    Candidate {
+        campaign: Campaign<Id>,
+    },
+    Leader {
+        next_heartbeat: u64,
+        /// Re-winning itself a newer term while staying leader, with its deadline.
+        campaign: Option<(Campaign<Id>, u64)>,
+    },
+}
+
+/// Decided while looking at a vote request, carried out after.
+enum Answer {
+    Grant,
+    Refuse,
+    /// Refuse now; grant when the lease on our leader runs out if still valid.
+    Defer,
+    /// Refuse and back off: a better-placed competitor stands in our epoch.
+    BackOff,
+    /// Refuse and stand again at once in the next epoch.
+    Restand,
+    /// (Leader) refuse, and re-win ourselves a term above the candidate's epoch.
+    Reelect,
+}
+
+/// The election state machine of one node. See the module docs.
+#[derive(Clone, Debug)]
+pub struct Election<Id> {
+    me: Id,
+    params: Params,
+    rng: u64,
+    now: u64,
+    // Durable.
+    epoch: u64,
+    term: Option<Term<Id>>,
+    voted: Option<(u64, Id)>,
+    /// Durable state changed and has not been emitted yet.
+    dirty: bool,
+    // Volatile.
+    pos: LogPos<Id>,
+    role: Role<Id>,
+    /// Election timer of followers and candidates (absolute tick).
+    deadline: u64,
+    /// Peers and the tick they were last heard.
+    alive: BTreeMap<Id, u64>,
+    /// A vote request refused only because of the leader lease.
+    deferred: Option<(Term<Id>, LogPos<Id>)>,
+}
+
+impl<Id: NodeId> Election<Id> {
+    /// A node starting (or restarting from its last [`Persistent`]). `seed` drives the
+    /// randomized timeouts; give each node its own.
+    pub fn new(me: Id, params: Params, persisted: Option<Persistent<Id>>, seed: u64) -> Self {
+        let params = params.sanitized();
+        let p = persisted.unwrap_or_default();
+        // A hand-edited or corrupt record: the epoch covers the term and the vote.
+        let mut epoch = p.epoch;
+        if let Some(t) = &p.term {
+            epoch = epoch.max(t.epoch);
+        }
+        if let Some((e, _)) = &p.voted {
+            epoch = epoch.max(*e);
+        }
+        let mut e = Election {
+            me,
+            params,
+            rng: seed,
+            now: 0,
+            dirty: epoch != p.epoch,
+            epoch,
+            term: p.term,
+            voted: p.voted,
+            pos: LogPos::default(),
+            role: Role::Follower { leader: None },
+            deadline: 0,
+            alive: BTreeMap::new(),
+            deferred: None,
+        };
+        // Rule: a (re)started node listens a full election timeout before standing.
+        // Why: it should find and follow the current leader, not challenge it.
+        let spread = params.election_timeout_max - params.election_timeout_min;
+        e.deadline = e.timeout().saturating_add(spread);
+        e
+    }
+
+    /// Feeds one input; appends what to do to `out`.
+    pub fn step(&mut self, input: Input<Id>, out: &mut Vec<Output<Id>>) {
+        match input {
+            Input::Tick => self.tick(out),
+            Input::Heard(id) => self.heard(id),
+            Input::LogPos(pos) => self.pos = pos,
+            Input::Receive { from, msg } => {
+                if from != self.me {
+                    self.heard(from.clone());
+                    self.receive(from, msg, out);
+                }
+            }
+        }
+        self.flush(out);
+    }
+
+    /// The leader this node knows of: itself when leading, `None` while there is none.
+    pub fn leader(&self) -> Option<&Id> {
+        match &self.role {
+            Role::Leader { .. } => Some(&self.me),
+            Role::Follower { leader: Some(_) } => self.term.as_ref().map(|t| &t.candidate),
+            _ => None,
+        }
+    }
+
+    /// The term this node leads or follows (the last one if it has no leader right now). A
+    /// candidacy is not a term until it is won.
+    pub fn term(&self) -> Option<&Term<Id>> {
+        self.term.as_ref()
+    }
+
+    /// The highest epoch this node has seen.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    pub fn is_leader(&self) -> bool {
+        matches!(self.role, Role::Leader { .. })
+    }
+
+    /// Peers heard within `alive_window` ticks (not this node).
+    pub fn alive(&self) -> impl Iterator<Item = &Id> + '_ {
+        let (now, window) = (self.now, self.params.alive_window);
+        self.alive
+            .iter()
+            .filter(move |(_, at)| now.saturating_sub(**at) < window)
+            .map(|(id, _)| id)
+    }
+
+    /// Fencing: should an order stamped with `term` be obeyed? Not if it is older than the
+    /// term this node follows or leads.
+    pub fn accepts(&self, term: &Term<Id>) -> bool {
+        self.term.as_ref().is_none_or(|mine| term >= mine)
+    }
+
+    /// The durable state as it is now.
+    pub fn persistent(&self) -> Persistent<Id> {
+        Persistent {
+            epoch: self.epoch,
+            term: self.term.clone(),
+            voted: self.voted.clone(),
+        }
+    }
+
+    // ---- inputs ------------------------------------------------------------------------
+
+    fn heard(&mut self, id: Id) {
+        if id != self.me {
+            self.alive.insert(id, self.now);
+        }
+    }
+
+    fn tick(&mut self, out: &mut Vec<Output<Id>>) {
+        self.now = self.now.saturating_add(1);
+        let (now, window) = (self.now, self.params.alive_window);
+        self.alive.retain(|_, at| now.saturating_sub(*at) < window);
+        match &self.role {
+            Role::Leader { .. } => self.leader_tick(out),
+            Role::Candidate { campaign } => {
+                // Rule: the quorum is re-counted every tick. Why: on a minority side of a
+                // partition the unreachable peers drop out of the alive set after
+                // `alive_window`, and then the side can elect.
+                if self.has_quorum(&campaign.votes) {
+                    let term = campaign.term.clone();
+                    self.win(term, out);
+                } else if now >= self.deadline {
+                    // Rule: a candidacy that has not won within a timeout is retried in a new
+                    // epoch. Why: the vote split or requests were lost.
+                    self.stand(out);
+                }
+            }
+            Role::Follower { .. } => {
+                self.grant_deferred(out);
+                if matches!(self.role, Role::Follower { .. }) && now >= self.deadline {
+                    // Rule: no heartbeat for a randomized election timeout: stand.
+                    // Why: the leader is presumed gone; the randomization lets one node
+                    // usually stand alone and win before the others time out.
+                    self.stand(out);
+                }
+            }
+        }
+    }
+
+    fn leader_tick(&mut self, out: &mut Vec<Output<Id>>) {
+        let now = self.now;
+        let Role::Leader {
+            next_heartbeat,
+            campaign,
+        } = &self.role
+        else {
+            return;
+        };
+        let next_heartbeat = *next_heartbeat;
+        if let Some((c, until)) = campaign {
+            if self.has_quorum(&c.votes) {
+                let term = c.term.clone();
+                // Winning broadcasts a heartbeat, which also restarts the heartbeat clock.
+                self.win(term, out);
+                return;
+            }
+            if now >= *until {
+                // Rule: a re-election that has not gathered a quorum in time is dropped; we
+                // stay leader of our current term. Why: nothing was lost, the next trigger
+                // retries.
+                if let Role::Leader { campaign, .. } = &mut self.role {
+                    *campaign = None;
+                }
+            }
+        }
+        if now >= next_heartbeat {
+            self.heartbeat(out);
+        }
+    }
+
+    fn receive(&mut self, from: Id, msg: Message<Id>, out: &mut Vec<Output<Id>>) {
+        if msg.term().epoch > self.epoch.saturating_add(MAX_EPOCH_JUMP) {
+            return;
+        }
+        match msg {
+            Message::Heartbeat { term, pos } => self.on_heartbeat(from, term, pos, out),
+            Message::VoteRequest { term, pos } => self.on_vote_request(from, term, pos, out),
+            Message::Vote { term, granted } => self.on_vote(from, term, granted, out),
+        }
+    }
+
+    fn on_heartbeat(
+        &mut self,
+        from: Id,
+        term: Term<Id>,
+        pos: LogPos<Id>,
+        out: &mut Vec<Output<Id>>,
+    ) {
+        // Rule: only a term's own candidate sends its heartbeats. Why: leadership is never
+        // delegated; a relayed or forged heartbeat could make us follow a dead node.
+        if from != term.candidate {
+            return;
+        }
+        // Rule: adopt a higher epoch from any message. Why: our next candidacy must be above
+        // every epoch already in use.
+        self.observe(term.epoch);
+        let order = match &self.term {
+            None => Ordering::Greater,
+            Some(mine) => term.cmp(mine),
+        };
+        match order {
+            // Rule: a heartbeat of a higher term is followed at once, by a leader too (it
+            // steps down). Why: the higher term wins; this is how two sides of a healed
+            // partition agree, and how a new leader is recognised.
+            Ordering::Greater => self.follow(term, pos, out),
+            Ordering::Equal => match &mut self.role {
+                // Rule: a heartbeat of our term keeps the leader alive: reset the election
+                // timer, renew the lease, drop any deferred vote. Why: the leader is fine.
+                Role::Follower {
+                    leader: Some(contact),
+                } => {
+                    contact.at = self.now;
+                    contact.pos = pos;
+                    self.deadline = self.now.saturating_add(self.timeout());
+                    self.deferred = None;
+                }
+                // Cannot happen: our own term's heartbeats come only from us.
+                Role::Leader { .. } => {}
+                // Rule: a candidate or listener hearing the leader of its own term follows it
+                // again. Why: that leader is alive after all; no term moves backwards.
+                _ => self.follow(term, pos, out),
+            },
+            Ordering::Less => {
+                // Rule: a stale leader is ignored; but a node with no leader that hears one
+                // stops waiting the full listening time. Why: it can never follow a lower
+                // term, and its candidacy makes that leader re-win itself a term above ours
+                // (see `reelect`) instead of leaving us stranded.
+                if self.leader().is_none() {
+                    let soon = self.now.saturating_add(self.params.election_timeout_min);
+                    self.deadline = self.deadline.min(soon);
+                }
+            }
+        }
+    }
+
+    fn on_vote_request(
+        &mut self,
+        from: Id,
+        term: Term<Id>,
+        pos: LogPos<Id>,
+        out: &mut Vec<Output<Id>>,
+    ) {
+        // Rule: only a candidate asks for votes for its own term. Why: the vote is sent to
+        // the sender, and counted for the term's candidate.
+        if from != term.candidate {
+            return;
+        }
+        self.observe(term.epoch);
+        let eligible = self.eligible(&term, &pos);
+        let answer = match &self.role {
+            Role::Leader { campaign, .. } => {
+                let ours = self.term.as_ref().map_or(0, |t| t.epoch);
+                if eligible && newer_branch(&pos, &self.pos) {
+                    // Rule: a leader votes for a candidate whose log comes from a newer term
+                    // than its own, and keeps leading until that candidate's heartbeat.
+                    // Why: that node holds state we lack; it is the preferred leader.
+                    Answer::Grant
+                } else if term.epoch > ours
+                    && campaign
+                        .as_ref()
+                        .is_none_or(|(c, _)| c.term.epoch < term.epoch)
+                {
+                    Answer::Reelect
+                } else {
+                    Answer::Refuse
+                }
+            }
+            Role::Follower {
+                leader: Some(contact),
+            } => {
+                let in_lease =
+                    self.now.saturating_sub(contact.at) < self.params.election_timeout_min;
+                let own_leader = self.term.as_ref().map(|t| &t.candidate) == Some(&term.candidate);
+                if !eligible {
+                    Answer::Refuse
+                } else if !in_lease || own_leader || newer_branch(&pos, &contact.pos) {
+                    // Rule (lease, as Raft's check-quorum/pre-vote): while our leader was
+                    // heard within `election_timeout_min` we vote only for that leader itself
+                    // (re-winning a term) or for a log from a newer term than the leader's.
+                    // Why: a node that rejoins, restarts or merely missed a few heartbeats
+                    // must not depose a healthy leader.
+                    Answer::Grant
+                } else {
+                    Answer::Defer
+                }
+            }
+            Role::Follower { leader: None } => {
+                if eligible {
+                    Answer::Grant
+                } else {
+                    Answer::Refuse
+                }
+            }
+            Role::Candidate { campaign } => {
+                if term.epoch == campaign.term.epoch {
+                    // Rule: two candidates in one epoch (both voted for themselves, so
+                    // neither can collect the other's vote): the higher id stands again at
+                    // once in the next epoch, the lower backs off a full timeout and will
+                    // vote for it. Why: a split otherwise costs another whole timeout.
+                    if term.candidate > self.me {
+                        Answer::BackOff
+                    } else {
+                        Answer::Restand
+                    }
+                } else if eligible {
+                    Answer::Grant
+                } else {
+                    Answer::Refuse
+                }
+            }
+        };
+        match answer {
+            Answer::Grant => self.grant(term, out),
+            Answer::Refuse => self.refuse(term, out),
+            Answer::Defer => {
+                // Rule: a request refused only because of the lease is remembered and granted
+                // when the lease runs out. Why: when the leader really is dead, followers
+                // time out a tick or two apart; the first candidate should not have to wait
+                // a whole extra timeout for a voter that was a little late to notice.
+                let better = self.deferred.as_ref().is_none_or(|(t, _)| term > *t);
+                if better {
+                    self.deferred = Some((term.clone(), pos));
+                }
+                self.refuse(term, out);
+            }
+            Answer::BackOff => {
+                self.deadline = self.now.saturating_add(self.timeout());
+                self.refuse(term, out);
+            }
+            Answer::Restand => {
+                self.refuse(term, out);
+                self.stand(out);
+            }
+            Answer::Reelect => {
+                self.refuse(term, out);
+                self.reelect(out);
+            }
+        }
+    }
+
+    fn on_vote(&mut self, from: Id, term: Term<Id>, granted: bool, out: &mut Vec<Output<Id>>) {
+        if !granted || term.candidate != self.me {
+            return;
+        }
+        let votes = match &mut self.role {
+            Role::Candidate { campaign } if campaign.term == term => &mut campaign.votes,
+            Role::Leader {
+                campaign: Some((campaign, _)),
+                ..
+            } if campaign.term == term => &mut campaign.votes,
+            _ => return,
+        };
+        votes.insert(from);
+        if self.campaign().is_some_and(|c| self.has_quorum(&c.votes)) {
+            self.win(term, out);
+        }
+    }
+
+    /// Vote for `term` if it were not for the lease / our own candidacy.
+    fn eligible(&self, term: &Term<Id>, pos: &LogPos<Id>) -> bool {
+        // An older epoch is a stale candidacy (and voting in it could be a second vote).
+        term.epoch == self.epoch
+            // One vote per epoch; asking again gets the same answer.
+            && self
+                .voted
+                .as_ref()
+                .is_none_or(|(e, c)| *e != term.epoch || *c == term.candidate)
+            // Rule: only for a term we could follow if it wins. Why: terms never go back.
+            && self.term.as_ref().is_none_or(|mine| term > mine)
+            // Rule (up-to-date): only for a candidate whose log is at least ours.
+            // Why: the leader should be the node that has the most.
+            && *pos >= self.pos
+    }
+
+    fn grant_deferred(&mut self, out: &mut Vec<Output<Id>>) {
+        let Role::Follower { leader } = &self.role else {
+            return;
+        };
+        if let Some(contact) = leader {
+            if self.now.saturating_sub(contact.at) < self.params.election_timeout_min {
+                return;
+            }
+        }
+        let Some((term, pos)) = self.deferred.take() else {
+            return;
+        };
+        if self.eligible(&term, &pos) {
+            self.grant(term, out);
+        }
+    }
+
+    // ---- transitions -------------------------------------------------------------------
+
+    fn stand(&mut self, out: &mut Vec<Output<Id>>) {
+        let Some(epoch) = self.epoch.checked_add(1) else {
+            // Why: the epoch space is exhausted (corrupt state only); standing again in the
+            // same epoch would be a second vote.
+            self.deadline = self.now.saturating_add(self.timeout());
+            return;
+        };
+        self.epoch = epoch;
+        self.voted = Some((epoch, self.me.clone()));
+        self.dirty = true;
+        self.deferred = None;
+        let term = Term {
+            epoch,
+            candidate: self.me.clone(),
+        };
+        self.role = Role::Candidate {
+            campaign: Campaign {
+                term: term.clone(),
+                votes: BTreeSet::from([self.me.clone()]),
+            },
+        };
+        self.deadline = self.now.saturating_add(self.timeout());
+        self.emit(
+            out,
+            Output::Role(RoleChange::Candidate { term: term.clone() }),
+        );
+        let pos = self.pos.clone();
+        self.emit(
+            out,
+            Output::Broadcast(Message::VoteRequest {
+                term: term.clone(),
+                pos,
+            }),
+        );
+        // A node alone wins at once.
+        if self.campaign().is_some_and(|c| self.has_quorum(&c.votes)) {
+            self.win(term, out);
+        }
+    }
+
+    /// Rule: a leader that sees a candidacy in an epoch above its term's re-wins itself a
+    /// term in a still newer epoch, staying leader meanwhile; its followers vote for it
+    /// despite the lease. Why: the candidate may hold a term above ours (it followed a leader
+    /// that has since died) and could never follow us; a newer term of ours lets it, without
+    /// deposing anyone.
+    fn reelect(&mut self, out: &mut Vec<Output<Id>>) {
+        let Some(epoch) = self.epoch.checked_add(1) else {
+            return;
+        };
+        self.epoch = epoch;
+        self.voted = Some((epoch, self.me.clone()));
+        self.dirty = true;
+        let term = Term {
+            epoch,
+            candidate: self.me.clone(),
+        };
+        let until = self.now.saturating_add(self.params.election_timeout_max);
+        if let Role::Leader { campaign, .. } = &mut self.role {
+            *campaign = Some((
+                Campaign {
+                    term: term.clone(),
+                    votes: BTreeSet::from([self.me.clone()]),
+                },
+                until,
+            ));
+        }
+        let pos = self.pos.clone();
+        self.emit(
+            out,
+            Output::Broadcast(Message::VoteRequest {
+                term: term.clone(),
+                pos,
+            }),
+        );
+        if self.campaign().is_some_and(|c| self.has_quorum(&c.votes)) {
+            self.win(term, out);
+        }
+    }
+
+    fn win(&mut self, term: Term<Id>, out: &mut Vec<Output<Id>>) {
+        // Terms never go back (cannot happen: a candidacy is always above our term).
+        if self.term.as_ref().is_some_and(|mine| *mine >= term) {
+            return;
+        }
+        self.term = Some(term.clone());
+        self.dirty = true;
+        self.deferred = None;
+        self.role = Role::Leader {
+            next_heartbeat: 0,
+            campaign: None,
+        };
+        self.emit(out, Output::Role(RoleChange::Leader { term }));
+        // Rule: a new leader heartbeats at once. Why: it stops the other candidacies and
+        // tells everyone before their timers run out.
+        self.heartbeat(out);
+    }
+
+    fn heartbeat(&mut self, out: &mut Vec<Output<Id>>) {
+        let next = self.now.saturating_add(self.params.heartbeat_ticks);
+        if let Role::Leader { next_heartbeat, .. } = &mut self.role {
+            *next_heartbeat = next;
+        }
+        if let Some(term) = self.term.clone() {
+            let pos = self.pos.clone();
+            self.emit(out, Output::Broadcast(Message::Heartbeat { term, pos }));
+        }
+    }
+
+    fn follow(&mut self, term: Term<Id>, pos: LogPos<Id>, out: &mut Vec<Output<Id>>) {
+        let already = self.term.as_ref() == Some(&term)
+            && matches!(self.role, Role::Follower { leader: Some(_) });
+        if self.term.as_ref() != Some(&term) {
+            self.term = Some(term.clone());
+            self.dirty = true;
+        }
+        self.role = Role::Follower {
+            leader: Some(Contact { at: self.now, pos }),
+        };
+        self.deadline = self.now.saturating_add(self.timeout());
+        self.deferred = None;
+        if !already {
+            let leader = term.candidate.clone();
+            self.emit(out, Output::Role(RoleChange::Follower { term, leader }));
+        }
+    }
+
+    fn grant(&mut self, term: Term<Id>, out: &mut Vec<Output<Id>>) {
+        self.voted = Some((term.epoch, term.candidate.clone()));
+        self.dirty = true;
+        self.deferred = None;
+        let own_leader = self.term.as_ref().map(|t| &t.candidate) == Some(&term.candidate);
+        match &mut self.role {
+            // Our own leader re-winning a term: keep following it.
+            Role::Follower { .. } if own_leader => {}
+            // Rule: having voted for another, wait to hear who won, with a fresh timer.
+            // Why: give the candidate time to win before standing ourselves.
+            Role::Follower { .. } | Role::Candidate { .. } => {
+                self.role = Role::Follower { leader: None };
+                self.deadline = self.now.saturating_add(self.timeout());
+            }
+            // A leader keeps leading until the winner's heartbeat arrives.
+            Role::Leader { .. } => {}
+        }
+        let to = term.candidate.clone();
+        self.emit(
+            out,
+            Output::Send {
+                to,
+                msg: Message::Vote {
+                    term,
+                    granted: true,
+                },
+            },
+        );
+    }
+
+    fn refuse(&mut self, term: Term<Id>, out: &mut Vec<Output<Id>>) {
+        let to = term.candidate.clone();
+        self.emit(
+            out,
+            Output::Send {
+                to,
+                msg: Message::Vote {
+                    term,
+                    granted: false,
+                },
+            },
+        );
+    }
+
+    // ---- helpers -----------------------------------------------------------------------
+
+    fn observe(&mut self, epoch: u64) {
+        if epoch > self.epoch {
+            self.epoch = epoch;
+            self.dirty = true;
+        }
+    }
+
+    fn campaign(&self) -> Option<&Campaign<Id>> {
+        match &self.role {
+            Role::Candidate { campaign } => Some(campaign),
+            Role::Leader {
+                campaign: Some((campaign, _)),
+                ..
+            } => Some(campaign),
+            _ => None,
+        }
+    }
+
+    /// A strict majority of the electorate: the alive set, this node, and anyone who voted.
+    fn has_quorum(&self, votes: &BTreeSet<Id>) -> bool {
+        let outside = votes
+            .iter()
+            .filter(|v| **v != self.me && !self.alive.contains_key(*v))
+            .count();
+        let electorate = 1 + self.alive.len() + outside;
+        votes.len() * 2 > electorate
+    }
+
+    fn emit(&mut self, out: &mut Vec<Output<Id>>, o: Output<Id>) {
+        self.flush(out);
+        out.push(o);
+    }
+
+    /// Durable state goes out before anything that depends on it.
+    fn flush(&mut self, out: &mut Vec<Output<Id>>) {
+        if self.dirty {
+            self.dirty = false;
+            out.push(Output::Persist(self.persistent()));
+        }
+    }
+
+    /// A random election timeout in `[min, max)`.
+    fn timeout(&mut self) -> u64 {
+        let spread = self.params.election_timeout_max - self.params.election_timeout_min;
+        self.params.election_timeout_min + self.next_random() % spread
+    }
+
+    /// splitmix64.
+    fn next_random(&mut self) -> u64 {
+        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+/// `a` holds entries from a later term than `b`'s last.
+fn newer_branch<Id: Ord>(a: &LogPos<Id>, b: &LogPos<Id>) -> bool {
+    a.term > b.term
+}

@@ -1,0 +1,348 @@
+//! The network actor: the one task that owns the libp2p [`Swarm`](libp2p::Swarm).
+//!
+//! Payloads are opaque bytes at this layer; the node encodes and decodes its own typed,
+//! versioned messages. This module knows nothing about DAGs.
+//!
+//! ```text
+//!             Client (cloneable)                      node (event consumer)
+//!                 │  Command + oneshot reply               ▲  Event (bounded mpsc)
+//!                 ▼  (bounded mpsc)                        │  Request carries a oneshot reply
+//!   ┌──────────────────────────── EventLoop ───────────────┴───────────────┐
+//!   │ select! { biased; shutdown, commands, queued events, inbound replies,│
+//!   │           tick (redial, duplicates, stalls), swarm }                 │
+//!   │ owns: Swarm<Behaviour>, pending outbound requests, pending dials,    │
+//!   │       in-flight inbound requests, static peers + backoff, block list │
+//!   └──────────────────────────────────┬───────────────────────────────────┘
+//!                                      ▼
+//!     Behaviour = block list + identify + ping + mDNS (toggle) + gossipsub + request/response
+//!     Transport = TCP (nodelay) + noise + yamux
+//! ```
+//!
+//! - Gossip goes to [`GOSSIP_TOPIC`]; every received message runs through the [`Validator`]
+//!   before it is delivered or forwarded (rejected messages are never forwarded).
+//! - Requests use [`RPC_PROTOCOL`] with a length-prefixed byte codec ([`codec`]) that refuses
+//!   bodies over [`Config::max_message`] before allocating them.
+//! - Static peers ([`Config::peers`]) are dialed at start and redialed whenever they are
+//!   disconnected, with a backoff from [`REDIAL_MIN`] doubling to [`REDIAL_MAX`].
+//! - A connection with no successful ping for a few seconds is closed (libp2p would keep a
+//!   connection that silently stopped carrying bytes), and a handshake is bounded in time.
+//! - At most one connection per pair of peers is kept: when two exist (simultaneous dials),
+//!   both ends close the one dialed by the larger `PeerId` after a short grace period, so they
+//!   agree without talking and neither end is left without a connection in between.
+
+mod behaviour;
+pub mod codec;
+mod event_loop;
+#[cfg(test)]
+mod tests;
+
+use std::{sync::Arc, time::Duration};
+
+use libp2p::{identity::Keypair, Multiaddr, PeerId};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+/// The gossipsub topic every node subscribes to (the version lives in the name).
+pub const GOSSIP_TOPIC: &str = "bx3/mesh/1";
+/// The request/response protocol name (the version lives in the name).
+pub const RPC_PROTOCOL: &str = "/bx3/rpc/1";
+/// Protocol version announced through identify.
+pub const IDENTIFY_PROTOCOL: &str = "/bx3/id/1";
+
+/// Default cap on a request or response body.
+pub const DEFAULT_MAX_MESSAGE: usize = 64 * 1024 * 1024;
+/// Default cap on a gossip payload.
+pub const DEFAULT_MAX_GOSSIP: usize = 64 * 1024;
+/// Default time a request may take, from sending it to receiving the response.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// First redial delay for a disconnected static peer.
+pub const REDIAL_MIN: Duration = Duration::from_millis(500);
+/// Largest redial delay for a disconnected static peer.
+pub const REDIAL_MAX: Duration = Duration::from_secs(5);
+
+/// Capacity of the [`Client`] command channel.
+const COMMAND_CAPACITY: usize = 256;
+/// Extra time a [`Client`] waits beyond `request_timeout` before giving up on the actor
+/// itself (covers a dial that hangs before libp2p's request timer even starts).
+const CLIENT_GRACE: Duration = Duration::from_secs(10);
+
+/// Network configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Identity of this node; its public key is the `PeerId`.
+    pub keypair: Keypair,
+    /// Addresses to listen on, e.g. `/ip4/0.0.0.0/tcp/0`.
+    pub listen: Vec<Multiaddr>,
+    /// Static peers, with or without `/p2p/<id>`: dialed at start and redialed whenever
+    /// disconnected (backoff [`REDIAL_MIN`] doubling to [`REDIAL_MAX`], forever).
+    pub peers: Vec<Multiaddr>,
+    /// mDNS discovery. Tests on the host must keep this off.
+    pub mdns: bool,
+    /// Request/response body cap, checked on read and write (at most `u32::MAX`).
+    pub max_message: usize,
+    /// Gossip payload cap.
+    pub max_gossip: usize,
+    /// Request timeout (sending the request to receiving the response).
+    pub request_timeout: Duration,
+}
+
+impl Config {
+    /// Defaults: listen on `/ip4/0.0.0.0/tcp/0`, no static peers, mDNS on, 64 MiB requests,
+    /// 64 KiB gossip, 30 s request timeout.
+    pub fn new(keypair: Keypair) -> Self {
+        Self {
+            keypair,
+            listen: vec![Multiaddr::empty()
+                .with(libp2p::multiaddr::Protocol::Ip4([0, 0, 0, 0].into()))
+                .with(libp2p::multiaddr::Protocol::Tcp(0))],
+            peers: Vec::new(),
+            mdns: true,
+            max_message: DEFAULT_MAX_MESSAGE,
+            max_gossip: DEFAULT_MAX_GOSSIP,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+        }
+    }
+
+    fn validate(&self) -> Result<(), NetError> {
+        if self.max_message == 0 || u32::try_from(self.max_message).is_err() {
+            return Err(NetError::Config(format!(
+                "max_message must be between 1 and {} bytes, got {}",
+                u32::MAX,
+                self.max_message
+            )));
+        }
+        if self.max_gossip == 0 {
+            return Err(NetError::Config(
+                "max_gossip must be at least 1 byte".into(),
+            ));
+        }
+        if self.request_timeout.is_zero() {
+            return Err(NetError::Config("request_timeout must not be zero".into()));
+        }
+        Ok(())
+    }
+}
+
+/// What the network tells the node.
+pub enum Event {
+    /// First connection to a peer established.
+    Connected(PeerId),
+    /// Last connection to a peer closed.
+    Disconnected(PeerId),
+    /// A gossip message that passed the validator. `from` is the message's signed author
+    /// (not necessarily the neighbour that forwarded it).
+    Gossip { from: PeerId, data: Vec<u8> },
+    /// A request from `from`. Answer through `reply`; dropping it makes the requester fail.
+    Request {
+        from: PeerId,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Vec<u8>>,
+    },
+    /// Now listening on this address.
+    Listening(Multiaddr),
+}
+
+// Hand-written so that logging an event never dumps a 64 MiB body.
+impl std::fmt::Debug for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Event::Connected(p) => f.debug_tuple("Connected").field(p).finish(),
+            Event::Disconnected(p) => f.debug_tuple("Disconnected").field(p).finish(),
+            Event::Gossip { from, data } => f
+                .debug_struct("Gossip")
+                .field("from", from)
+                .field("len", &data.len())
+                .finish(),
+            Event::Request { from, data, .. } => f
+                .debug_struct("Request")
+                .field("from", from)
+                .field("len", &data.len())
+                .finish_non_exhaustive(),
+            Event::Listening(a) => f.debug_tuple("Listening").field(a).finish(),
+        }
+    }
+}
+
+/// Errors of the network layer.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("network actor stopped")]
+    Stopped,
+    #[error("net::start must be called from within a tokio runtime")]
+    NoRuntime,
+    #[error("invalid network configuration: {0}")]
+    Config(String),
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: Multiaddr, reason: String },
+    #[error("dialing {target} failed: {reason}")]
+    Dial { target: String, reason: String },
+    #[error("dialing {addr} timed out")]
+    DialTimeout { addr: Multiaddr },
+    #[error("request to {peer} timed out")]
+    Timeout { peer: PeerId },
+    #[error("connection to {peer} closed before a response was received")]
+    ConnectionClosed { peer: PeerId },
+    #[error(
+        "{peer} closed the request without answering (refused, overloaded or over its size limit)"
+    )]
+    NoResponse { peer: PeerId },
+    #[error("message of {size} bytes exceeds the limit of {max} bytes")]
+    TooLarge { size: usize, max: usize },
+    #[error("{peer} does not support {}", RPC_PROTOCOL)]
+    Unsupported { peer: PeerId },
+    #[error("request to {peer} failed on the stream (it may have refused it, e.g. over its size limit): {source}")]
+    Io {
+        peer: PeerId,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{peer} is blocked")]
+    Blocked { peer: PeerId },
+    #[error("gossip publish failed: {0}")]
+    Publish(String),
+    #[error("network actor overloaded: {0}")]
+    Overloaded(&'static str),
+}
+
+/// Decides whether a gossip message is accepted (delivered and forwarded) or rejected (never
+/// forwarded, reported to gossipsub as `Reject`). Called with the message's signed author.
+/// Runs on the network task: keep it cheap and non-blocking.
+pub type Validator = Arc<dyn Fn(&PeerId, &[u8]) -> bool + Send + Sync>;
+
+/// Requests to the event loop; each carries its reply channel.
+#[derive(Debug)]
+enum Command {
+    Publish {
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<(), NetError>>,
+    },
+    Request {
+        peer: PeerId,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<Vec<u8>, NetError>>,
+    },
+    Peers {
+        reply: oneshot::Sender<Vec<PeerId>>,
+    },
+    ListenAddrs {
+        reply: oneshot::Sender<Vec<Multiaddr>>,
+    },
+    Dial {
+        addr: Multiaddr,
+        reply: oneshot::Sender<Result<(), NetError>>,
+    },
+    Block {
+        peer: PeerId,
+        blocked: bool,
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// Cloneable handle to the network actor.
+#[derive(Clone, Debug)]
+pub struct Client {
+    commands: mpsc::Sender<Command>,
+    local_peer_id: PeerId,
+    request_timeout: Duration,
+}
+
+impl Client {
+    /// This node's `PeerId`.
+    pub fn local_peer_id(&self) -> PeerId {
+        self.local_peer_id
+    }
+
+    /// Publishes on [`GOSSIP_TOPIC`]. Having no subscribed peer is not an error (being alone
+    /// on the mesh is normal): the message is simply not sent.
+    pub async fn publish(&self, data: Vec<u8>) -> Result<(), NetError> {
+        self.call(|reply| Command::Publish { data, reply }).await?
+    }
+
+    /// Sends a request to `peer` (dialing it if needed) and waits for the response.
+    pub async fn request(&self, peer: PeerId, data: Vec<u8>) -> Result<Vec<u8>, NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Request { peer, data, reply }).await?;
+        match tokio::time::timeout(self.request_timeout + CLIENT_GRACE, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(NetError::Stopped),
+            Err(_) => Err(NetError::Timeout { peer }),
+        }
+    }
+
+    /// Currently connected peers.
+    pub async fn peers(&self) -> Result<Vec<PeerId>, NetError> {
+        self.call(|reply| Command::Peers { reply }).await
+    }
+
+    /// Addresses we are listening on.
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, NetError> {
+        self.call(|reply| Command::ListenAddrs { reply }).await
+    }
+
+    /// Dials `addr` (with or without `/p2p/<id>`) once; resolves when connected (or already
+    /// connected) or when the dial failed. Not redialed: use [`Config::peers`] for that.
+    pub async fn dial(&self, addr: Multiaddr) -> Result<(), NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Dial {
+            addr: addr.clone(),
+            reply,
+        })
+        .await?;
+        match tokio::time::timeout(self.request_timeout + CLIENT_GRACE, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(NetError::Stopped),
+            Err(_) => Err(NetError::DialTimeout { addr }),
+        }
+    }
+
+    /// Test hook for partitions: drop and refuse all connections to/from `peer` until
+    /// unblocked. Unblocking a static peer redials it at once.
+    pub async fn block(&self, peer: PeerId, blocked: bool) -> Result<(), NetError> {
+        self.call(|reply| Command::Block {
+            peer,
+            blocked,
+            reply,
+        })
+        .await
+    }
+
+    async fn send(&self, command: Command) -> Result<(), NetError> {
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| NetError::Stopped)
+    }
+
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(make(reply)).await?;
+        rx.await.map_err(|_| NetError::Stopped)
+    }
+}
+
+/// Starts the network actor on the current tokio runtime: builds the swarm, starts listening,
+/// subscribes to [`GOSSIP_TOPIC`] and dials the static peers. The task runs until `shutdown`
+/// is cancelled. Events go to `events` without ever waiting on it: when it is full, gossip is
+/// dropped and other events wait in a bounded queue (past which they are dropped too; a dropped
+/// request makes the requester fail).
+pub fn start(
+    config: Config,
+    validator: Validator,
+    events: mpsc::Sender<Event>,
+    shutdown: CancellationToken,
+) -> Result<(Client, tokio::task::JoinHandle<()>), NetError> {
+    let runtime = tokio::runtime::Handle::try_current().map_err(|_| NetError::NoRuntime)?;
+    config.validate()?;
+    let (commands_tx, commands_rx) = mpsc::channel(COMMAND_CAPACITY);
+    let client = Client {
+        commands: commands_tx,
+        local_peer_id: config.keypair.public().to_peer_id(),
+        request_timeout: config.request_timeout,
+    };
+    let event_loop = event_loop::EventLoop::new(config, validator, commands_rx, events, shutdown)?;
+    let handle = runtime.spawn(event_loop.run());
+    Ok((client, handle))
+}
