@@ -16,7 +16,8 @@
 #
 # Environment: BX3_TESTNET_DIR (state, default testnet/.run), BX3_PROFILE (release|debug,
 # default release), BX3_TESTNET_EXECUTORS (per node, default 2), BX3_TESTNET_API_PORT (first API
-# port, default 7500), BX3_TESTNET_P2P_PORT (first libp2p port, default 7600).
+# port, default 7500), BX3_TESTNET_P2P_PORT (first libp2p port, default 7600), BX3_BIN (the
+# bx3-node binary to run), BX3_NETNS_PREFIX (namespace names, default bx3: bx3-sw, bx3-n0, ...).
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -26,7 +27,8 @@ profile="${BX3_PROFILE:-release}"
 executors="${BX3_TESTNET_EXECUTORS:-2}"
 api_base="${BX3_TESTNET_API_PORT:-7500}"
 p2p_base="${BX3_TESTNET_P2P_PORT:-7600}"
-bin="$repo/target/$profile/bx3-node"
+bin="${BX3_BIN:-$repo/target/$profile/bx3-node}"
+prefix="${BX3_NETNS_PREFIX:-bx3}"
 
 die() { echo "testnet: $*" >&2; exit 2; }
 
@@ -40,7 +42,8 @@ build() {
 
 count() { cat "$state/count" 2>/dev/null || echo 0; }
 mode() { cat "$state/mode" 2>/dev/null || echo loopback; }
-ns() { echo "bx3-n$1"; }
+ns() { echo "$prefix-n$1"; }
+sw="$prefix-sw"
 
 # Runs a command in node I's network (the host in loopback mode).
 in_node() {
@@ -93,15 +96,15 @@ netns_up() {
   local n=$1
   [ "$(id -u)" = 0 ] || die "--netns needs root (ip netns)"
   command -v ip >/dev/null || die "--netns needs iproute2"
-  ip netns add bx3-sw
-  ip -n bx3-sw link add br0 type bridge
-  ip -n bx3-sw link set br0 up
-  ip -n bx3-sw link set lo up
+  ip netns add $sw
+  ip -n $sw link add br0 type bridge
+  ip -n $sw link set br0 up
+  ip -n $sw link set lo up
   for ((i = 0; i < n; i++)); do
     ip netns add "$(ns "$i")"
-    ip link add "v$i" netns bx3-sw type veth peer name eth0 netns "$(ns "$i")"
-    ip -n bx3-sw link set "v$i" master br0
-    ip -n bx3-sw link set "v$i" up
+    ip link add "v$i" netns $sw type veth peer name eth0 netns "$(ns "$i")"
+    ip -n $sw link set "v$i" master br0
+    ip -n $sw link set "v$i" up
     ip -n "$(ns "$i")" link set lo up
     ip -n "$(ns "$i")" addr add "10.77.0.$((i + 1))/24" dev eth0
     ip -n "$(ns "$i")" link set eth0 up
@@ -112,7 +115,7 @@ netns_up() {
 netns_down() {
   local n=$1
   for ((i = 0; i < n; i++)); do ip netns del "$(ns "$i")" 2>/dev/null || true; done
-  ip netns del bx3-sw 2>/dev/null || true
+  ip netns del $sw 2>/dev/null || true
 }
 
 peer_id() { cli "$1" status --json 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["peer_id"])'; }
@@ -154,10 +157,11 @@ cmd_status() {
       cli "$i" status --json 2>/dev/null | python3 -c '
 import json, sys
 s = json.load(sys.stdin)
-leader = s.get("leader") or "-"
+leader = s.get("leader")
 me = s["peer_id"]
-print(f"%-5s %-8s %-10s %-14s %-8s %s  peers=%d executors=%d/%d" % (sys.argv[1], sys.argv[2], "yes",
-      "self" if leader == me else "…" + leader[-8:], s.get("term"), "…" + me[-8:], len(s.get("peers", [])),
+shown = "-" if not leader else ("self" if leader == me else "…" + leader[-8:])
+print("%-5s %-8s %-10s %-14s %-8s %s  peers=%d executors=%d/%d" % (sys.argv[1], sys.argv[2], "yes",
+      shown, s.get("term"), "…" + me[-8:], len(s.get("peers", [])),
       s["executors"]["busy"], s["executors"]["total"]))' "$i" "$pid" || printf '%-5s %-8s %s\n' "$i" "$pid" "yes (API not answering)"
     else
       printf '%-5s %-8s %s\n' "$i" "$pid" "no"
@@ -219,7 +223,7 @@ cmd_restart() {
 
 cmd_partition() {
   [ "$(mode)" = netns ] || die "partition needs a --netns testnet"
-  ip -n bx3-sw link set "v$1" "$2"
+  ip -n $sw link set "v$1" "$2"
   echo "node $1 link $2"
 }
 

@@ -784,11 +784,20 @@ async fn fetch_missing<'a>(
                     ));
                 }
                 let modules = modules.clone();
-                tokio::task::spawn_blocking(move || modules.put(&bytes.0))
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| format!("cannot store module {hash}: {e}"))?;
-                tracing::debug!(%hash, %peer, "fetched module");
+                let h = hash.clone();
+                // Store, then compile ahead of the first task (the executors load the cached
+                // artifact instead of each compiling it).
+                tokio::task::spawn_blocking(move || {
+                    modules
+                        .put(&bytes.0)
+                        .map_err(|e| format!("cannot store module {h}: {e}"))?;
+                    crate::executor::runtime::Runtime::new(modules.compiled_dir())
+                        .and_then(|mut rt| rt.prepare(&h, &bytes.0))
+                        .map_err(|e| format!("module {h} does not compile: {e}"))
+                })
+                .await
+                .map_err(|e| e.to_string())??;
+                tracing::debug!(%hash, %peer, "fetched and compiled module");
             }
             other => return Err(format!("peer {peer} has no module {hash}: {other:?}")),
         }

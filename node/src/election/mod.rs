@@ -238,8 +238,6 @@ enum Role<Id> {
 enum Answer {
     Grant,
     Refuse,
-    /// Refuse now; grant when the lease on our leader runs out if still valid.
-    Defer,
     /// Refuse and back off: a better-placed competitor stands in our epoch.
     BackOff,
     /// Refuse and stand again at once in the next epoch.
@@ -268,8 +266,6 @@ pub struct Election<Id> {
     deadline: u64,
     /// Peers and the tick they were last heard.
     alive: BTreeMap<Id, u64>,
-    /// A vote request refused only because of the leader lease.
-    deferred: Option<(Term<Id>, LogPos<Id>)>,
 }
 
 impl<Id: NodeId> Election<Id> {
@@ -299,7 +295,6 @@ impl<Id: NodeId> Election<Id> {
             role: Role::Follower { leader: None },
             deadline: 0,
             alive: BTreeMap::new(),
-            deferred: None,
         };
         // Rule: a (re)started node listens a full election timeout before standing.
         // Why: it should find and follow the current leader, not challenge it.
@@ -400,8 +395,7 @@ impl<Id: NodeId> Election<Id> {
                 }
             }
             Role::Follower { .. } => {
-                self.grant_deferred(out);
-                if matches!(self.role, Role::Follower { .. }) && now >= self.deadline {
+                if now >= self.deadline {
                     // Rule: no heartbeat for a randomized election timeout: stand.
                     // Why: the leader is presumed gone; the randomization lets one node
                     // usually stand alone and win before the others time out.
@@ -479,14 +473,13 @@ impl<Id: NodeId> Election<Id> {
             Ordering::Greater => self.follow(term, pos, out),
             Ordering::Equal => match &mut self.role {
                 // Rule: a heartbeat of our term keeps the leader alive: reset the election
-                // timer, renew the lease, drop any deferred vote. Why: the leader is fine.
+                // timer and renew the lease. Why: the leader is fine.
                 Role::Follower {
                     leader: Some(contact),
                 } => {
                     contact.at = self.now;
                     contact.pos = pos;
                     self.deadline = self.now.saturating_add(self.timeout());
-                    self.deferred = None;
                 }
                 // Cannot happen: our own term's heartbeats come only from us.
                 Role::Leader { .. } => {}
@@ -545,17 +538,15 @@ impl<Id: NodeId> Election<Id> {
                 let in_lease =
                     self.now.saturating_sub(contact.at) < self.params.election_timeout_min;
                 let own_leader = self.term.as_ref().map(|t| &t.candidate) == Some(&term.candidate);
-                if !eligible {
-                    Answer::Refuse
-                } else if !in_lease || own_leader || newer_branch(&pos, &contact.pos) {
-                    // Rule (lease, as Raft's check-quorum/pre-vote): while our leader was
-                    // heard within `election_timeout_min` we vote only for that leader itself
-                    // (re-winning a term) or for a log from a newer term than the leader's.
-                    // Why: a node that rejoins, restarts or merely missed a few heartbeats
-                    // must not depose a healthy leader.
+                // Rule (lease, as Raft's check-quorum/pre-vote): while our leader was heard
+                // within `election_timeout_min` we vote only for that leader itself
+                // (re-winning a term) or for a log from a newer term than the leader's.
+                // Why: a node that rejoins, restarts or merely missed a few heartbeats must
+                // not depose a healthy leader.
+                if eligible && (!in_lease || own_leader || newer_branch(&pos, &contact.pos)) {
                     Answer::Grant
                 } else {
-                    Answer::Defer
+                    Answer::Refuse
                 }
             }
             Role::Follower { leader: None } => {
@@ -586,17 +577,6 @@ impl<Id: NodeId> Election<Id> {
         match answer {
             Answer::Grant => self.grant(term, out),
             Answer::Refuse => self.refuse(term, out),
-            Answer::Defer => {
-                // Rule: a request refused only because of the lease is remembered and granted
-                // when the lease runs out. Why: when the leader really is dead, followers
-                // time out a tick or two apart; the first candidate should not have to wait
-                // a whole extra timeout for a voter that was a little late to notice.
-                let better = self.deferred.as_ref().is_none_or(|(t, _)| term > *t);
-                if better {
-                    self.deferred = Some((term.clone(), pos));
-                }
-                self.refuse(term, out);
-            }
             Answer::BackOff => {
                 self.deadline = self.now.saturating_add(self.timeout());
                 self.refuse(term, out);
@@ -646,23 +626,6 @@ impl<Id: NodeId> Election<Id> {
             && *pos >= self.pos
     }
 
-    fn grant_deferred(&mut self, out: &mut Vec<Output<Id>>) {
-        let Role::Follower { leader } = &self.role else {
-            return;
-        };
-        if let Some(contact) = leader {
-            if self.now.saturating_sub(contact.at) < self.params.election_timeout_min {
-                return;
-            }
-        }
-        let Some((term, pos)) = self.deferred.take() else {
-            return;
-        };
-        if self.eligible(&term, &pos) {
-            self.grant(term, out);
-        }
-    }
-
     // ---- transitions -------------------------------------------------------------------
 
     fn stand(&mut self, out: &mut Vec<Output<Id>>) {
@@ -675,7 +638,6 @@ impl<Id: NodeId> Election<Id> {
         self.epoch = epoch;
         self.voted = Some((epoch, self.me.clone()));
         self.dirty = true;
-        self.deferred = None;
         let term = Term {
             epoch,
             candidate: self.me.clone(),
@@ -751,7 +713,6 @@ impl<Id: NodeId> Election<Id> {
         }
         self.term = Some(term.clone());
         self.dirty = true;
-        self.deferred = None;
         self.role = Role::Leader {
             next_heartbeat: 0,
             campaign: None,
@@ -784,7 +745,6 @@ impl<Id: NodeId> Election<Id> {
             leader: Some(Contact { at: self.now, pos }),
         };
         self.deadline = self.now.saturating_add(self.timeout());
-        self.deferred = None;
         if !already {
             let leader = term.candidate.clone();
             self.emit(out, Output::Role(RoleChange::Follower { term, leader }));
@@ -794,7 +754,6 @@ impl<Id: NodeId> Election<Id> {
     fn grant(&mut self, term: Term<Id>, out: &mut Vec<Output<Id>>) {
         self.voted = Some((term.epoch, term.candidate.clone()));
         self.dirty = true;
-        self.deferred = None;
         let own_leader = self.term.as_ref().map(|t| &t.candidate) == Some(&term.candidate);
         match &mut self.role {
             // Our own leader re-winning a term: keep following it.

@@ -8,7 +8,7 @@
 //! ELECTION_SEED=1234 cargo test -p bx3-node election::sim::replay -- --ignored --nocapture
 //! ```
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use rand::{Rng, RngCore, SeedableRng};
 
@@ -100,6 +100,12 @@ struct Sim {
     queues: [Vec<Envelope>; 3],
     spare: Vec<Envelope>,
     loss: f64,
+    /// One-way blocks: messages from the first slot to the second are dropped.
+    blocked: BTreeSet<(usize, usize)>,
+    /// A new leader appends a first entry of its term (Raft's no-op).
+    noop: bool,
+    /// Leaders append entries now and then.
+    appends: bool,
     /// Every term ever seen led, and by whom.
     leaders: BTreeMap<Term<Id>, Id>,
     /// Every vote ever cast: (voter, epoch) -> candidate.
@@ -150,6 +156,9 @@ impl Sim {
             queues: [Vec::new(), Vec::new(), Vec::new()],
             spare: Vec::new(),
             loss: 0.0,
+            blocked: BTreeSet::new(),
+            noop: true,
+            appends: true,
             leaders: BTreeMap::new(),
             votes: BTreeMap::new(),
             trace: VecDeque::new(),
@@ -304,7 +313,7 @@ impl Sim {
     // ---- the router --------------------------------------------------------------------
 
     fn send(&mut self, from: usize, to: usize, msg: Option<Message<Id>>) {
-        if self.nodes[from].side != self.nodes[to].side {
+        if self.nodes[from].side != self.nodes[to].side || self.blocked.contains(&(from, to)) {
             return;
         }
         if self.loss > 0.0 && self.rng.gen_bool(self.loss) {
@@ -317,7 +326,10 @@ impl Sim {
 
     fn deliver(&mut self, env: Envelope) -> Result<(), String> {
         let (from, to) = (env.from, env.to);
-        if !self.live(to) || self.nodes[from].side != self.nodes[to].side {
+        if !self.live(to)
+            || self.nodes[from].side != self.nodes[to].side
+            || self.blocked.contains(&(from, to))
+        {
             return Ok(());
         }
         let from_id = self.nodes[from].id;
@@ -377,8 +389,7 @@ impl Sim {
         result?;
         if dies {
             self.crash(i);
-        } else if let Some(term) = won {
-            // A new leader appends a first entry of its term (Raft's no-op).
+        } else if let Some(term) = won.filter(|_| self.noop) {
             self.append(i, term)?;
         }
         Ok(())
@@ -492,7 +503,7 @@ impl Sim {
         // Leaders add to the log now and then.
         for i in 0..self.nodes.len() {
             let Some(m) = &self.nodes[i].m else { continue };
-            if m.is_leader() && self.rng.gen_ratio(1, 8) {
+            if self.appends && m.is_leader() && self.rng.gen_ratio(1, 8) {
                 if let Some(term) = m.term().copied() {
                     self.append(i, term)?;
                 }
@@ -584,7 +595,10 @@ fn random_run(seed: u64, verbose: bool) -> Result<Outcome, String> {
         let id = sim.fresh_id();
         sim.join(id);
     }
+    sim.stats.joins = 0;
     sim.loss = sim.rng.gen_range(0.0..0.2);
+    sim.noop = sim.rng.gen_bool(0.5);
+    sim.appends = sim.rng.gen_bool(0.7);
     // How stormy this seed is: some seeds are nearly quiet, some busy.
     let storm: f64 = sim.rng.gen_range(0.0..1.0);
     let calm_from = RUN_TICKS - CALM + 1;
@@ -656,7 +670,12 @@ fn random_faults(
     if live.len() > 1 && sim.rng.gen_bool(storm / 80.0) {
         let i = live[sim.rng.gen_range(0..live.len())];
         sim.nodes[i].doomed = true;
-        sim.nodes[i].restart_at = Some(t + sim.rng.gen_range(1..120));
+        let down_for = if sim.rng.gen_bool(0.5) {
+            sim.rng.gen_range(1..5)
+        } else {
+            sim.rng.gen_range(5..120)
+        };
+        sim.nodes[i].restart_at = Some(t + down_for);
     }
     for i in 0..sim.nodes.len() {
         if !sim.live(i) && sim.nodes[i].restart_at.is_some_and(|r| r <= t) {
@@ -838,6 +857,105 @@ fn joins_and_restarts_do_not_depose_a_healthy_leader() {
             hold(&mut sim, 60);
             sim.restart(slot).expect("restart");
             hold(&mut sim, 100);
+        }
+    }
+}
+
+/// A follower that stops hearing the leader (but still reaches everyone else) stands again
+/// and again; the lease keeps the others from voting for it, so the leader stays.
+#[test]
+fn a_follower_cut_off_from_the_leader_does_not_depose_it() {
+    for seed in 0..40 {
+        let mut sim = Sim::new(seed, false);
+        for id in [10, 20, 30, 40, 50] {
+            sim.join(id);
+        }
+        sim.run(150).expect("invariants");
+        let leader = sim.agreed().expect("a leader");
+        let l = sim.slot(leader).expect("slot");
+        let f = (l + 1 + sim.rng.gen_range(0..4)) % 5;
+        sim.blocked.insert((l, f));
+        for _ in 0..200 {
+            sim.tick().map_err(|e| sim.report(&e)).expect("invariants");
+            let leads = sim.nodes[l].m.as_ref().is_some_and(|m| m.is_leader());
+            assert!(
+                leads,
+                "{}",
+                sim.report("the cut-off follower deposed the leader")
+            );
+        }
+        assert!(sim.stats.candidacies > 0, "seed {seed}: the follower stood");
+        sim.blocked.clear();
+        sim.run(40).map_err(|e| sim.report(&e)).expect("invariants");
+        assert_eq!(sim.agreed(), Some(leader), "{}", sim.report("all follow"));
+    }
+}
+
+/// A node left holding a term above the mesh's leader (its own side's leader died as the
+/// partition healed) can never follow that leader. Without logs the leader re-wins itself a
+/// term above it; with a log from that newer term the stranded node is preferred and wins.
+#[test]
+fn a_node_stranded_above_the_leaders_term_is_brought_back() {
+    for (seed, with_log) in (0..60).map(|s| (s, s % 2 == 0)) {
+        let mut sim = Sim::new(seed, false);
+        sim.noop = with_log;
+        sim.appends = with_log;
+        for id in [10, 20, 30, 40, 50] {
+            sim.join(id);
+        }
+        sim.run(150).expect("invariants");
+        let leader = sim.agreed().expect("a leader");
+        let l = sim.slot(leader).expect("slot");
+        // The leader and one follower on one side, three on the other.
+        let mate = (l + 1) % 5;
+        let sides: Vec<u8> = (0..5).map(|i| u8::from(i != l && i != mate)).collect();
+        sim.partition(&sides);
+        sim.run(150)
+            .map_err(|e| sim.report(&e))
+            .expect("invariants");
+        let other = sim
+            .agreed_among(|n| n.side == 1)
+            .expect("the other side elected");
+        let stranded: Vec<Id> = sim
+            .nodes
+            .iter()
+            .filter(|n| n.side == 1 && n.id != other)
+            .map(|n| n.id)
+            .collect();
+        assert!(
+            sim.term_of(other) > sim.term_of(leader),
+            "seed {seed}: newer term"
+        );
+        let o = sim.slot(other).expect("slot");
+        sim.crash(o);
+        sim.heal();
+        let healed_at = sim.now;
+        while sim.agreed().is_none() && sim.now < healed_at + 40 {
+            sim.tick().map_err(|e| sim.report(&e)).expect("invariants");
+        }
+        let agreed = sim.agreed();
+        assert!(
+            agreed.is_some(),
+            "{}",
+            sim.report("no agreement within 40 ticks of the heal")
+        );
+        if with_log {
+            assert!(
+                agreed.is_some_and(|a| stranded.contains(&a)),
+                "{}",
+                sim.report("a stranded node with the newer log leads")
+            );
+        } else {
+            assert_eq!(
+                agreed,
+                Some(leader),
+                "{}",
+                sim.report("the leader re-won itself a term")
+            );
+        }
+        for _ in 0..100 {
+            sim.tick().expect("invariants");
+            assert_eq!(sim.agreed(), agreed, "seed {seed}: it holds");
         }
     }
 }

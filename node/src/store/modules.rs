@@ -37,6 +37,12 @@ impl ModuleStore {
         &self.dir
     }
 
+    /// Where compiled modules are cached (`<data-dir>/compiled`, beside `modules/`), shared
+    /// with the executor processes.
+    pub fn compiled_dir(&self) -> PathBuf {
+        self.dir.parent().unwrap_or(&self.dir).join("compiled")
+    }
+
     pub fn contains(&self, hash: &str) -> bool {
         is_hash(hash) && self.path(hash).is_file()
     }

@@ -1,0 +1,140 @@
+//! Nodes in private network namespaces, as separate devices on a LAN: mDNS only, no --peer.
+//! Needs root and iproute2; skipped (with a message) where either is missing. The namespaces,
+//! bridge and veth pairs are created by testnet/testnet.sh --netns and removed afterwards;
+//! nothing touches the host's own interfaces.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bx3_protocol::api::StatusView;
+use common::{repo, run_bounded, BIN};
+
+struct Testnet {
+    dir: tempfile::TempDir,
+    prefix: String,
+}
+
+impl Testnet {
+    fn script(&self) -> Command {
+        let mut c = Command::new(repo().join("testnet/testnet.sh"));
+        c.env("BX3_TESTNET_DIR", self.dir.path())
+            .env("BX3_BIN", BIN)
+            .env("BX3_NETNS_PREFIX", &self.prefix)
+            .env("BX3_TESTNET_EXECUTORS", "2");
+        c
+    }
+
+    fn run(&self, args: &[&str], limit: Duration) -> std::process::Output {
+        let mut c = self.script();
+        c.args(args);
+        run_bounded(c, limit)
+    }
+
+    fn status(&self, i: usize) -> Option<StatusView> {
+        let mut c = Command::new("ip");
+        c.args([
+            "netns",
+            "exec",
+            &format!("{}-n{i}", self.prefix),
+            BIN,
+            "status",
+            "--json",
+            "--data-dir",
+        ])
+        .arg(self.node_dir(i));
+        let out = run_bounded(c, Duration::from_secs(30));
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    fn node_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("node-{i}"))
+    }
+}
+
+impl Drop for Testnet {
+    fn drop(&mut self) {
+        let _ = self.run(&["down"], Duration::from_secs(60));
+    }
+}
+
+fn netns_available() -> bool {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false);
+    let ip = Command::new("ip")
+        .arg("-V")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    root && ip
+}
+
+/// Three nodes, each in its own network namespace on a private bridge, with mDNS and no
+/// --peer: they find each other, agree on one controller, and run a DAG together.
+#[test]
+fn three_nodes_find_each_other_by_mdns_alone() {
+    if !netns_available() {
+        eprintln!("skipped: network namespaces need root and iproute2");
+        return;
+    }
+    let net = Testnet {
+        dir: tempfile::tempdir().expect("tempdir"),
+        prefix: format!("bx3t{}", std::process::id() % 100_000),
+    };
+    let out = net.run(&["up", "3", "--netns"], Duration::from_secs(120));
+    assert!(
+        out.status.success(),
+        "testnet up failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let start = Instant::now();
+    let leader = loop {
+        let all: Vec<Option<StatusView>> = (0..3).map(|i| net.status(i)).collect();
+        let agreed = all.iter().all(|s| {
+            s.as_ref().is_some_and(|s| {
+                s.peers.len() == 2
+                    && s.leader.is_some()
+                    && s.leader == all[0].as_ref().and_then(|a| a.leader.clone())
+            })
+        });
+        if agreed {
+            break all[0]
+                .as_ref()
+                .and_then(|s| s.leader.clone())
+                .expect("leader");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no agreement by mDNS within 60 s: {all:#?}\nlog 0:\n{}",
+            std::fs::read_to_string(net.node_dir(0).join("node.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    eprintln!(
+        "agreed on {leader} after {:?} (mDNS discovery + election)",
+        start.elapsed()
+    );
+    let dag = repo().join("dags/hello_fanout.yaml");
+    let out = net.run(
+        &[
+            "submit",
+            dag.to_str().expect("utf-8"),
+            "--wait",
+            "--node",
+            "1",
+        ],
+        Duration::from_secs(120),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("Bonjour, world!"),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
