@@ -262,24 +262,8 @@ async fn get_dag(
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     let tasks = q.tasks.unwrap_or(true);
-    let Some(after) = q.after else {
-        return Ok(Json(st.controller.get(id, tasks).await?).into_response());
-    };
     let wait = Duration::from_millis(q.wait_ms.unwrap_or(30_000)).min(MAX_WAIT);
-    let deadline = tokio::time::Instant::now() + wait;
-    let mut changes = st.controller.changes();
-    loop {
-        changes.borrow_and_update();
-        let view = st.controller.get(id, tasks).await?;
-        if view.version > after || view.state.is_terminal() {
-            return Ok(Json(view).into_response());
-        }
-        match tokio::time::timeout_at(deadline, changes.changed()).await {
-            Ok(Ok(())) => continue,
-            // Timed out, or the controller stopped: answer with what we have.
-            _ => return Ok(Json(view).into_response()),
-        }
-    }
+    Ok(Json(st.controller.get_after(id, tasks, q.after, wait).await?).into_response())
 }
 
 async fn cancel(State(st): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {

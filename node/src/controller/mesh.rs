@@ -18,6 +18,8 @@ use crate::store::StoreError;
 /// Most jobs in one Assign request (keeps each request well under the size limit for small
 /// inputs; large inputs are bounded by the wire limit itself).
 const ASSIGN_BATCH: usize = 256;
+/// Jobs the controller keeps in flight per remote executor (running + queued on the worker).
+const REMOTE_DEPTH: usize = 2;
 
 impl Actor {
     /// Feeds one input to the election and carries out what it says: persist (and flush)
@@ -390,13 +392,28 @@ impl Actor {
                     return Ok(());
                 }
             }
-            Request::GetDag { id, tasks } => match self.view(id, tasks) {
-                Ok(v) => Response::Dag(Box::new(v)),
-                Err(e) => Response::Error {
-                    status: e.status(),
-                    message: e.to_string(),
-                },
-            },
+            Request::GetDag {
+                id,
+                tasks,
+                after,
+                wait_ms,
+            } => {
+                // Served through our own command path, so a long poll waits beside the
+                // actor instead of inside it.
+                let handle = self.self_handle.clone();
+                tokio::spawn(async move {
+                    let wait = std::time::Duration::from_millis(wait_ms);
+                    let resp = match handle.get_after(id, tasks, after, wait).await {
+                        Ok(v) => Response::Dag(Box::new(v)),
+                        Err(e) => Response::Error {
+                            status: e.status(),
+                            message: e.to_string(),
+                        },
+                    };
+                    respond(reply, &resp);
+                });
+                return Ok(());
+            }
             Request::ListDags { limit } => match self.list(limit as usize) {
                 Ok(v) => Response::Dags(v),
                 Err(e) => Response::Error {
@@ -493,7 +510,9 @@ impl Actor {
             if !m.announced || m.announce.executors_total == 0 {
                 continue;
             }
-            let total = m.announce.executors_total as usize;
+            // Keep a second job queued behind each remote executor, so a worker never idles
+            // for a network round trip between two tasks.
+            let total = m.announce.executors_total as usize * REMOTE_DEPTH;
             let used = self.inflight.get(id).copied().unwrap_or(0);
             slots.push((id.clone(), total.saturating_sub(used), total));
         }
@@ -617,13 +636,31 @@ impl Actor {
                         });
                     let _ = reply.send(r);
                 }
-                Command::Get { id, tasks, reply } => {
-                    let r = call(&net, peer, Request::GetDag { id, tasks })
-                        .await
-                        .and_then(|resp| match resp {
-                            Response::Dag(v) => Ok(*v),
-                            other => Err(unexpected(other)),
-                        });
+                Command::Get {
+                    id,
+                    tasks,
+                    after,
+                    wait,
+                    reply,
+                } => {
+                    // Below the request timeout, so a long poll ends with an answer.
+                    let wait = wait.min(std::time::Duration::from_secs(25));
+                    let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+                    let r = call(
+                        &net,
+                        peer,
+                        Request::GetDag {
+                            id,
+                            tasks,
+                            after,
+                            wait_ms,
+                        },
+                    )
+                    .await
+                    .and_then(|resp| match resp {
+                        Response::Dag(v) => Ok(*v),
+                        other => Err(unexpected(other)),
+                    });
                     let _ = reply.send(r);
                 }
                 Command::List { limit, reply } => {

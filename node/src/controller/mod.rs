@@ -90,6 +90,9 @@ pub enum Command {
     Get {
         id: DagId,
         tasks: bool,
+        /// Long poll: answer once the DAG's version passes this, it finishes, or `wait` ends.
+        after: Option<u64>,
+        wait: Duration,
         reply: Reply<DagView>,
     },
     List {
@@ -140,7 +143,26 @@ impl Handle {
     }
 
     pub async fn get(&self, id: DagId, tasks: bool) -> Result<DagView, ControllerError> {
-        self.ask(|reply| Command::Get { id, tasks, reply }).await?
+        self.get_after(id, tasks, None, Duration::ZERO).await
+    }
+
+    /// Like `get`, but with `after` waits (up to `wait`) until the DAG's version passes it or
+    /// the DAG finishes. Served by the controller, wherever it is.
+    pub async fn get_after(
+        &self,
+        id: DagId,
+        tasks: bool,
+        after: Option<u64>,
+        wait: Duration,
+    ) -> Result<DagView, ControllerError> {
+        self.ask(|reply| Command::Get {
+            id,
+            tasks,
+            after,
+            wait,
+            reply,
+        })
+        .await?
     }
 
     pub async fn list(&self, limit: usize) -> Result<Vec<DagSummary>, ControllerError> {
@@ -468,8 +490,26 @@ impl Actor {
                     let _ = reply.send(Err(e));
                 }
             },
-            Command::Get { id, tasks, reply } => {
-                let _ = reply.send(self.view(id, tasks));
+            Command::Get {
+                id,
+                tasks,
+                after,
+                wait,
+                reply,
+            } => {
+                let view = self.view(id, tasks);
+                match (after, view) {
+                    (Some(after), Ok(v)) if v.version <= after && !v.state.is_terminal() => {
+                        let handle = self.self_handle.clone();
+                        tokio::spawn(async move {
+                            let _ =
+                                reply.send(wait_for_change(handle, id, tasks, after, wait).await);
+                        });
+                    }
+                    (_, view) => {
+                        let _ = reply.send(view);
+                    }
+                }
             }
             Command::List { limit, reply } => {
                 let _ = reply.send(self.list(limit));
@@ -678,6 +718,31 @@ impl Actor {
                 }
             })
             .collect())
+    }
+}
+
+/// Waits until DAG `id` changes past version `after` (or finishes, or `wait` passes), then
+/// answers with its view. Runs beside the actor on the controller, waking on its change
+/// notifications rather than polling.
+async fn wait_for_change(
+    handle: Handle,
+    id: DagId,
+    tasks: bool,
+    after: u64,
+    wait: Duration,
+) -> Result<DagView, ControllerError> {
+    let deadline = tokio::time::Instant::now() + wait.min(Duration::from_secs(60));
+    let mut changes = handle.changes();
+    loop {
+        changes.borrow_and_update();
+        let view = handle.get(id, tasks).await?;
+        if view.version > after || view.state.is_terminal() {
+            return Ok(view);
+        }
+        match tokio::time::timeout_at(deadline, changes.changed()).await {
+            Ok(Ok(())) => continue,
+            _ => return Ok(view),
+        }
     }
 }
 

@@ -266,6 +266,8 @@ pub struct Election<Id> {
     deadline: u64,
     /// Peers and the tick they were last heard.
     alive: BTreeMap<Id, u64>,
+    /// No entry of `alive` expires before this tick.
+    prune_at: u64,
 }
 
 impl<Id: NodeId> Election<Id> {
@@ -295,6 +297,7 @@ impl<Id: NodeId> Election<Id> {
             role: Role::Follower { leader: None },
             deadline: 0,
             alive: BTreeMap::new(),
+            prune_at: u64::MAX,
         };
         // Rule: a (re)started node listens a full election timeout before standing.
         // Why: it should find and follow the current leader, not challenge it.
@@ -372,13 +375,26 @@ impl<Id: NodeId> Election<Id> {
     fn heard(&mut self, id: Id) {
         if id != self.me {
             self.alive.insert(id, self.now);
+            let expires = self.now.saturating_add(self.params.alive_window);
+            self.prune_at = self.prune_at.min(expires);
         }
     }
 
     fn tick(&mut self, out: &mut Vec<Output<Id>>) {
         self.now = self.now.saturating_add(1);
-        let (now, window) = (self.now, self.params.alive_window);
-        self.alive.retain(|_, at| now.saturating_sub(*at) < window);
+        let now = self.now;
+        if now >= self.prune_at {
+            let window = self.params.alive_window;
+            let mut oldest = u64::MAX;
+            self.alive.retain(|_, at| {
+                let keep = now.saturating_sub(*at) < window;
+                if keep {
+                    oldest = oldest.min(*at);
+                }
+                keep
+            });
+            self.prune_at = oldest.saturating_add(window);
+        }
         match &self.role {
             Role::Leader { .. } => self.leader_tick(out),
             Role::Candidate { campaign } => {
@@ -856,4 +872,556 @@ impl<Id: NodeId> Election<Id> {
 /// `a` holds entries from a later term than `b`'s last.
 fn newer_branch<Id: Ord>(a: &LogPos<Id>, b: &LogPos<Id>) -> bool {
     a.term > b.term
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    type Out = Vec<Output<u64>>;
+
+    fn node(me: u64) -> Election<u64> {
+        Election::new(me, Params::default(), None, me)
+    }
+
+    fn step(e: &mut Election<u64>, input: Input<u64>) -> Out {
+        let mut out = Vec::new();
+        e.step(input, &mut out);
+        out
+    }
+
+    fn ticks(e: &mut Election<u64>, n: u64) -> Out {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            e.step(Input::Tick, &mut out);
+        }
+        out
+    }
+
+    fn term(epoch: u64, candidate: u64) -> Term<u64> {
+        Term { epoch, candidate }
+    }
+
+    fn pos(epoch: u64, leader: u64, seq: u64) -> LogPos<u64> {
+        LogPos {
+            term: Some(term(epoch, leader)),
+            seq,
+        }
+    }
+
+    fn heartbeat(epoch: u64, leader: u64) -> Input<u64> {
+        Input::Receive {
+            from: leader,
+            msg: Message::Heartbeat {
+                term: term(epoch, leader),
+                pos: LogPos::default(),
+            },
+        }
+    }
+
+    fn request(epoch: u64, candidate: u64, pos: LogPos<u64>) -> Input<u64> {
+        Input::Receive {
+            from: candidate,
+            msg: Message::VoteRequest {
+                term: term(epoch, candidate),
+                pos,
+            },
+        }
+    }
+
+    /// The answer to `candidate` in `out`, if any.
+    fn answer(out: &Out, candidate: u64) -> Option<bool> {
+        out.iter().find_map(|o| match o {
+            Output::Send {
+                to,
+                msg: Message::Vote { granted, .. },
+            } if *to == candidate => Some(*granted),
+            _ => None,
+        })
+    }
+
+    fn stood(out: &Out) -> Option<Term<u64>> {
+        out.iter().find_map(|o| match o {
+            Output::Broadcast(Message::VoteRequest { term, .. }) => Some(*term),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn a_lone_node_leads_itself_after_a_full_election_timeout() {
+        let mut e = node(1);
+        let mut out = Vec::new();
+        let mut at = 0;
+        while !e.is_leader() && at < 100 {
+            out = ticks(&mut e, 1);
+            at += 1;
+        }
+        assert!((20..30).contains(&at), "led at tick {at}");
+        let t = term(1, 1);
+        assert_eq!(
+            out,
+            vec![
+                Output::Persist(Persistent {
+                    epoch: 1,
+                    term: None,
+                    voted: Some((1, 1)),
+                }),
+                Output::Role(RoleChange::Candidate { term: t }),
+                Output::Broadcast(Message::VoteRequest {
+                    term: t,
+                    pos: LogPos::default(),
+                }),
+                Output::Persist(Persistent {
+                    epoch: 1,
+                    term: Some(t),
+                    voted: Some((1, 1)),
+                }),
+                Output::Role(RoleChange::Leader { term: t }),
+                Output::Broadcast(Message::Heartbeat {
+                    term: t,
+                    pos: LogPos::default(),
+                }),
+            ]
+        );
+        assert_eq!(e.leader(), Some(&1));
+        // Heartbeats follow every `heartbeat_ticks`.
+        let out = ticks(&mut e, 3);
+        assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn a_vote_is_persisted_before_it_is_sent() {
+        let mut e = node(1);
+        let out = step(&mut e, request(1, 2, LogPos::default()));
+        assert_eq!(
+            out,
+            vec![
+                Output::Persist(Persistent {
+                    epoch: 1,
+                    term: None,
+                    voted: Some((1, 2)),
+                }),
+                Output::Send {
+                    to: 2,
+                    msg: Message::Vote {
+                        term: term(1, 2),
+                        granted: true,
+                    },
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn one_vote_per_epoch_even_across_a_restart() {
+        let mut e = node(1);
+        assert_eq!(
+            answer(&step(&mut e, request(1, 2, LogPos::default())), 2),
+            Some(true)
+        );
+        assert_eq!(
+            answer(&step(&mut e, request(1, 3, LogPos::default())), 3),
+            Some(false)
+        );
+        let mut e = Election::new(1, Params::default(), Some(e.persistent()), 9);
+        assert_eq!(
+            answer(&step(&mut e, request(1, 3, LogPos::default())), 3),
+            Some(false)
+        );
+        // Asking again gets the same answer.
+        assert_eq!(
+            answer(&step(&mut e, request(1, 2, LogPos::default())), 2),
+            Some(true)
+        );
+        // A stale epoch is refused, a new one is open.
+        assert_eq!(
+            answer(&step(&mut e, request(2, 3, LogPos::default())), 3),
+            Some(true)
+        );
+        assert_eq!(
+            answer(&step(&mut e, request(1, 4, LogPos::default())), 4),
+            Some(false)
+        );
+    }
+
+    #[test]
+    fn terms_never_go_back_and_older_terms_are_fenced() {
+        let mut e = node(1);
+        let out = step(&mut e, heartbeat(5, 2));
+        assert!(out.contains(&Output::Role(RoleChange::Follower {
+            term: term(5, 2),
+            leader: 2,
+        })));
+        assert!(step(&mut e, heartbeat(3, 4)).is_empty());
+        assert!(step(&mut e, heartbeat(5, 0)).is_empty());
+        assert_eq!((e.term(), e.leader()), (Some(&term(5, 2)), Some(&2)));
+        assert!(!e.accepts(&term(3, 4)));
+        assert!(!e.accepts(&term(5, 1)));
+        assert!(e.accepts(&term(5, 2)));
+        assert!(e.accepts(&term(6, 0)));
+        // A restart remembers the term.
+        let e = Election::new(1, Params::default(), Some(e.persistent()), 3);
+        assert_eq!((e.term(), e.leader()), (Some(&term(5, 2)), None));
+    }
+
+    #[test]
+    fn when_leaders_meet_the_higher_term_wins() {
+        let mut e = node(1);
+        ticks(&mut e, 30);
+        assert_eq!(e.term(), Some(&term(1, 1)));
+        // Same epoch, lower candidate: ignored.
+        assert!(step(&mut e, heartbeat(1, 0)).is_empty());
+        assert!(e.is_leader());
+        // Same epoch, higher candidate: step down and follow.
+        let out = step(&mut e, heartbeat(1, 2));
+        assert_eq!(
+            out,
+            vec![
+                Output::Persist(Persistent {
+                    epoch: 1,
+                    term: Some(term(1, 2)),
+                    voted: Some((1, 1)),
+                }),
+                Output::Role(RoleChange::Follower {
+                    term: term(1, 2),
+                    leader: 2,
+                }),
+            ]
+        );
+        assert!(!e.is_leader());
+        assert_eq!(e.leader(), Some(&2));
+    }
+
+    #[test]
+    fn the_lease_protects_a_live_leader_but_not_a_dead_one() {
+        let mut e = node(1);
+        step(&mut e, heartbeat(1, 2));
+        e.deadline = u64::MAX; // keep our own timer out of the way
+        ticks(&mut e, 5);
+        // Another candidate while the leader was heard 5 ticks ago: refused.
+        assert_eq!(
+            answer(&step(&mut e, request(2, 3, LogPos::default())), 3),
+            Some(false)
+        );
+        // Our own leader re-winning itself a term: granted, and we keep following it.
+        assert_eq!(
+            answer(&step(&mut e, request(3, 2, LogPos::default())), 2),
+            Some(true)
+        );
+        assert_eq!(e.leader(), Some(&2));
+        // A log from a newer term than the leader's: granted.
+        let newer = pos(3, 2, 1);
+        assert_eq!(answer(&step(&mut e, request(4, 3, newer)), 3), Some(true));
+        // Once the leader is silent for `election_timeout_min`, candidates are heard.
+        step(&mut e, heartbeat(1, 2)); // a stale term: no lease renewal
+        let mut e = node(1);
+        step(&mut e, heartbeat(1, 2));
+        e.deadline = u64::MAX;
+        ticks(&mut e, 10);
+        assert_eq!(
+            answer(&step(&mut e, request(2, 3, LogPos::default())), 3),
+            Some(true)
+        );
+        assert_eq!(
+            e.leader(),
+            None,
+            "voted for another: no leader until one wins"
+        );
+    }
+
+    #[test]
+    fn votes_go_only_to_logs_at_least_ours() {
+        let mut e = node(1);
+        step(&mut e, Input::LogPos(pos(1, 5, 10)));
+        assert_eq!(
+            answer(&step(&mut e, request(2, 2, pos(1, 5, 9))), 2),
+            Some(false)
+        );
+        assert_eq!(
+            answer(&step(&mut e, request(2, 3, LogPos::default())), 3),
+            Some(false)
+        );
+        assert_eq!(
+            answer(&step(&mut e, request(3, 2, pos(1, 5, 10))), 2),
+            Some(true)
+        );
+        assert_eq!(
+            answer(&step(&mut e, request(4, 3, pos(2, 3, 0))), 3),
+            Some(true)
+        );
+    }
+
+    #[test]
+    fn a_leader_rewins_itself_a_term_above_a_higher_candidacy() {
+        let mut e = node(1);
+        step(&mut e, Input::Heard(2));
+        step(&mut e, Input::Heard(3));
+        // Alone in its alive set after the window: it leads.
+        ticks(&mut e, 31);
+        assert!(e.is_leader());
+        let led = *e.term().expect("a term");
+        step(&mut e, Input::Heard(2));
+        step(&mut e, Input::Heard(3));
+        let out = step(&mut e, request(led.epoch + 5, 3, LogPos::default()));
+        assert_eq!(answer(&out, 3), Some(false));
+        let again = term(led.epoch + 6, 1);
+        assert_eq!(stood(&out), Some(again));
+        assert!(e.is_leader(), "still leading its current term meanwhile");
+        let out = step(
+            &mut e,
+            Input::Receive {
+                from: 2,
+                msg: Message::Vote {
+                    term: again,
+                    granted: true,
+                },
+            },
+        );
+        assert!(out.contains(&Output::Role(RoleChange::Leader { term: again })));
+        assert_eq!(e.term(), Some(&again));
+    }
+
+    #[test]
+    fn a_leader_votes_for_a_log_from_a_newer_term() {
+        let mut e = node(1);
+        ticks(&mut e, 30);
+        assert!(e.is_leader());
+        step(&mut e, Input::LogPos(pos(1, 1, 4)));
+        assert_eq!(
+            answer(&step(&mut e, request(3, 2, pos(1, 1, 9))), 2),
+            Some(false)
+        );
+        assert_eq!(
+            answer(&step(&mut e, request(5, 2, pos(2, 7, 0))), 2),
+            Some(true)
+        );
+        assert!(e.is_leader(), "until the winner's heartbeat");
+        step(&mut e, heartbeat(5, 2));
+        assert_eq!(e.leader(), Some(&2));
+    }
+
+    #[test]
+    fn a_split_vote_goes_to_the_higher_id() {
+        // Two candidates in epoch 1: 5 stands again at once, 3 backs off.
+        let mut high = node(5);
+        let mut low = node(3);
+        for (e, peer) in [(&mut high, 3), (&mut low, 5)] {
+            e.step(Input::Heard(peer), &mut Vec::new());
+            e.step(Input::Heard(9), &mut Vec::new());
+            e.deadline = 0;
+        }
+        assert_eq!(stood(&ticks(&mut high, 1)), Some(term(1, 5)));
+        assert_eq!(stood(&ticks(&mut low, 1)), Some(term(1, 3)));
+        let out = step(&mut high, request(1, 3, LogPos::default()));
+        assert_eq!(answer(&out, 3), Some(false));
+        assert_eq!(stood(&out), Some(term(2, 5)));
+        let out = step(&mut low, request(1, 5, LogPos::default()));
+        assert_eq!((answer(&out, 5), stood(&out)), (Some(false), None));
+        assert!(low.deadline >= low.now + 10);
+        assert_eq!(
+            answer(&step(&mut low, request(2, 5, LogPos::default())), 5),
+            Some(true)
+        );
+    }
+
+    #[test]
+    fn a_minority_side_elects_once_the_unreachable_expire() {
+        let mut e = node(1);
+        for p in [2, 3, 4] {
+            step(&mut e, Input::Heard(p));
+        }
+        // 1 of 4 is no majority; after `alive_window` the others have expired.
+        let out = ticks(&mut e, 29);
+        assert!(stood(&out).is_some() && !e.is_leader());
+        assert_eq!(e.alive().count(), 3);
+        ticks(&mut e, 1);
+        assert_eq!(e.alive().count(), 0);
+        assert!(e.is_leader());
+    }
+
+    #[test]
+    fn garbage_neither_panics_nor_wedges_the_epoch() {
+        let mut e = node(1);
+        let far = term(u64::MAX, 2);
+        for msg in [
+            Message::Heartbeat {
+                term: far,
+                pos: LogPos::default(),
+            },
+            Message::VoteRequest {
+                term: far,
+                pos: LogPos::default(),
+            },
+            Message::Vote {
+                term: term(u64::MAX, 1),
+                granted: true,
+            },
+        ] {
+            assert!(step(&mut e, Input::Receive { from: 2, msg }).is_empty());
+        }
+        // Relayed heartbeats, requests for someone else, votes for someone else, ourselves.
+        for (from, msg) in [
+            (
+                3,
+                Message::Heartbeat {
+                    term: term(4, 2),
+                    pos: LogPos::default(),
+                },
+            ),
+            (
+                3,
+                Message::VoteRequest {
+                    term: term(4, 2),
+                    pos: LogPos::default(),
+                },
+            ),
+            (
+                3,
+                Message::Vote {
+                    term: term(4, 2),
+                    granted: true,
+                },
+            ),
+            (
+                1,
+                Message::Heartbeat {
+                    term: term(4, 1),
+                    pos: LogPos::default(),
+                },
+            ),
+        ] {
+            assert!(step(&mut e, Input::Receive { from, msg }).is_empty());
+        }
+        assert_eq!((e.epoch(), e.term()), (0, None));
+        ticks(&mut e, 30);
+        assert!(e.is_leader(), "still elects itself");
+
+        // A corrupt record at the very top of the epoch space: it stands once, then never
+        // again (that would be a second vote in `u64::MAX`).
+        let top = Persistent {
+            epoch: u64::MAX - 1,
+            term: Some(term(3, 2)),
+            voted: None,
+        };
+        let mut e = Election::new(1, Params::default(), Some(top), 1);
+        e.step(Input::Heard(2), &mut Vec::new());
+        let out = ticks(&mut e, 40);
+        assert_eq!(stood(&out), Some(term(u64::MAX, 1)));
+        let out = ticks(&mut e, 200);
+        assert_eq!(stood(&out), None);
+        assert!(e.is_leader(), "alone after the window");
+        // Nonsense parameters are made sane.
+        let zero = Params {
+            heartbeat_ticks: 0,
+            election_timeout_min: 0,
+            election_timeout_max: 0,
+            alive_window: 0,
+        };
+        let mut e = Election::new(1, zero, None, 0);
+        ticks(&mut e, 10);
+        assert!(e.is_leader());
+        // A record whose epoch lags its own term and vote is repaired (and re-persisted).
+        let lagging = Persistent {
+            epoch: 1,
+            term: Some(term(4, 2)),
+            voted: Some((6, 3)),
+        };
+        let mut e = Election::new(1, Params::default(), Some(lagging), 1);
+        assert_eq!(e.epoch(), 6);
+        assert!(
+            matches!(step(&mut e, Input::Tick).first(), Some(Output::Persist(p)) if p.epoch == 6)
+        );
+    }
+
+    #[derive(Debug, Clone)]
+    enum Action {
+        Tick(u8),
+        Heard(u64),
+        Pos(u64, u64),
+        Heartbeat(u64, u64),
+        Request(u64, u64, u64),
+        Vote(u64, u64, bool),
+        Restart,
+    }
+
+    fn action() -> impl Strategy<Value = Action> {
+        let epoch = prop_oneof![8 => 0..6u64, 1 => Just(u64::MAX), 1 => Just(1u64 << 40)];
+        let peer = 0..5u64;
+        prop_oneof![
+            4 => (1..30u8).prop_map(Action::Tick),
+            2 => peer.clone().prop_map(Action::Heard),
+            1 => (0..6u64, 0..4u64).prop_map(|(e, s)| Action::Pos(e, s)),
+            3 => (epoch.clone(), peer.clone()).prop_map(|(e, p)| Action::Heartbeat(e, p)),
+            3 => (epoch.clone(), peer.clone(), 0..4u64).prop_map(|(e, p, s)| Action::Request(e, p, s)),
+            2 => (epoch, peer, any::<bool>()).prop_map(|(e, p, g)| Action::Vote(e, p, g)),
+            1 => Just(Action::Restart),
+        ]
+    }
+
+    proptest! {
+        /// Any input sequence, restarts included: durable state goes out before what depends
+        /// on it, terms never go back, one vote per epoch, only our own terms are led.
+        #[test]
+        fn any_inputs_keep_the_local_invariants(actions in prop::collection::vec(action(), 1..200)) {
+            const ME: u64 = 1;
+            let mut e = node(ME);
+            let mut disk: Option<Persistent<u64>> = None;
+            let mut votes: BTreeMap<u64, u64> = BTreeMap::new();
+            let mut max_term: Option<Term<u64>> = None;
+            for a in actions {
+                let inputs = match a {
+                    Action::Tick(n) => vec![Input::Tick; n as usize],
+                    Action::Heard(p) => vec![Input::Heard(p)],
+                    Action::Pos(e, s) => vec![Input::LogPos(pos(e, 2, s))],
+                    Action::Heartbeat(ep, p) => vec![heartbeat(ep, p)],
+                    Action::Request(ep, p, s) => vec![request(ep, p, pos(ep.min(5), 2, s))],
+                    Action::Vote(ep, p, granted) => vec![Input::Receive {
+                        from: p,
+                        msg: Message::Vote { term: term(ep, ME), granted },
+                    }],
+                    Action::Restart => {
+                        e = Election::new(ME, Params::default(), disk.clone(), 5);
+                        vec![]
+                    }
+                };
+                for input in inputs {
+                    let mut out = Vec::new();
+                    e.step(input, &mut out);
+                    for o in out {
+                        match o {
+                            Output::Persist(p) => {
+                                if let Some(d) = &disk {
+                                    prop_assert!(p.epoch >= d.epoch && p.term >= d.term);
+                                }
+                                if let Some((ep, c)) = p.voted {
+                                    prop_assert_eq!(*votes.entry(ep).or_insert(c), c);
+                                }
+                                disk = Some(p);
+                            }
+                            Output::Send { msg: Message::Vote { term, granted: true }, .. } => {
+                                prop_assert_eq!(disk.as_ref().and_then(|d| d.voted), Some((term.epoch, term.candidate)));
+                            }
+                            Output::Broadcast(Message::VoteRequest { term, .. }) => {
+                                prop_assert_eq!(disk.as_ref().and_then(|d| d.voted), Some((term.epoch, ME)));
+                            }
+                            Output::Role(RoleChange::Leader { term }) => {
+                                prop_assert_eq!(term.candidate, ME);
+                                prop_assert_eq!(disk.as_ref().and_then(|d| d.term), Some(term));
+                            }
+                            _ => {}
+                        }
+                    }
+                    prop_assert!(e.term().copied() >= max_term);
+                    max_term = e.term().copied();
+                    if e.is_leader() {
+                        prop_assert_eq!(e.term().map(|t| t.candidate), Some(ME));
+                    }
+                    if let Some(t) = e.term() {
+                        prop_assert!(e.accepts(t));
+                    }
+                }
+            }
+        }
+    }
 }

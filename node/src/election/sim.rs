@@ -7,6 +7,9 @@
 //! ```text
 //! ELECTION_SEED=1234 cargo test -p bx3-node election::sim::replay -- --ignored --nocapture
 //! ```
+//!
+//! and hunt longer with `ELECTION_SEEDS=0..200000 cargo test --release -p bx3-node
+//! election::sim::random -- --nocapture`.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -763,7 +766,14 @@ fn over_seeds<T: Send>(seeds: std::ops::Range<u64>, f: fn(u64) -> Result<T, Stri
 #[test]
 fn random_meshes_keep_the_invariants_and_agree_after_faults() {
     let started = std::time::Instant::now();
-    let seeds = 0..2000;
+    // `ELECTION_SEEDS=start..end` for a longer hunt (e.g. in release mode).
+    let seeds = std::env::var("ELECTION_SEEDS")
+        .ok()
+        .and_then(|s| {
+            let (a, b) = s.split_once("..")?;
+            Some(a.parse().ok()?..b.parse().ok()?)
+        })
+        .unwrap_or(0..2000);
     let outcomes = over_seeds(seeds.clone(), |seed| random_run(seed, false));
     let mut agree: Vec<u64> = outcomes.iter().map(|o| o.agreed_after).collect();
     agree.sort_unstable();

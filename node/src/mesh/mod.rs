@@ -92,9 +92,14 @@ pub enum Request {
         spec: SpecRecord,
         source: Option<String>,
     },
+    /// A DAG; with `after`, answered once its version passes `after` (or `wait_ms` passes).
     GetDag {
         id: DagId,
         tasks: bool,
+        #[serde(default)]
+        after: Option<u64>,
+        #[serde(default)]
+        wait_ms: u64,
     },
     ListDags {
         limit: u32,
