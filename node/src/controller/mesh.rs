@@ -517,24 +517,14 @@ impl Actor {
             slots.push((id.clone(), total.saturating_sub(used), total));
         }
         let mut batches: HashMap<Id, Vec<WireJob>> = HashMap::new();
-        loop {
-            // Least busy first (by fraction of executors in use), so load spreads over the
-            // mesh instead of filling one node before the next.
-            let Some(best) = slots
-                .iter_mut()
-                .filter(|(_, free, _)| *free > 0)
-                .min_by(|a, b| {
-                    let fa = (a.2 - a.1) as f64 / a.2 as f64;
-                    let fb = (b.2 - b.1) as f64 / b.2 as f64;
-                    fa.total_cmp(&fb).then_with(|| a.0.cmp(&b.0))
-                })
-            else {
+        // Least busy first (by fraction of executors in use), so load spreads over the mesh
+        // instead of filling one node before the next.
+        while let Some(i) = least_busy(&slots) {
+            let node = slots[i].0.clone();
+            let Some(a) = self.planner.next_assignment(&node) else {
                 break;
             };
-            let Some(a) = self.planner.next_assignment(&best.0) else {
-                break;
-            };
-            best.1 -= 1;
+            slots[i].1 -= 1;
             let job = WireJob {
                 dag: a.dag,
                 task: a.task,
@@ -547,13 +537,13 @@ impl Actor {
                 timeout_ms: a.timeout_ms,
                 memory_mb: a.memory_mb,
             };
-            if best.0 == self.me {
+            if node == self.me {
                 self.start_job(job, Origin::Local).await;
             } else {
                 self.remote
-                    .insert((job.dag, job.task), (best.0.clone(), job.attempt));
-                *self.inflight.entry(best.0.clone()).or_default() += 1;
-                batches.entry(best.0.clone()).or_default().push(job);
+                    .insert((job.dag, job.task), (node.clone(), job.attempt));
+                *self.inflight.entry(node.clone()).or_default() += 1;
+                batches.entry(node).or_default().push(job);
             }
         }
         for (node, jobs) in batches {
@@ -724,6 +714,21 @@ impl Actor {
             dags_active: self.planner.active_count() as u64,
         }
     }
+}
+
+/// Index of the node with free slots and the smallest fraction of them in use (ties by id,
+/// so the choice is deterministic).
+fn least_busy(slots: &[(Id, usize, usize)]) -> Option<usize> {
+    slots
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, free, _))| *free > 0)
+        .min_by(|(_, a), (_, b)| {
+            let fa = (a.2 - a.1) as f64 / a.2 as f64;
+            let fb = (b.2 - b.1) as f64 / b.2 as f64;
+            fa.total_cmp(&fb).then_with(|| a.0.cmp(&b.0))
+        })
+        .map(|(i, _)| i)
 }
 
 fn respond(reply: tokio::sync::oneshot::Sender<Vec<u8>>, resp: &Response) {

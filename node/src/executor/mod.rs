@@ -148,7 +148,7 @@ impl Dispatcher {
                 Some(back) = self.back.recv() => match back {
                     Back::Idle(ex) => {
                         if self.idle.len() < self.capacity.borrow().executors {
-                            self.idle.push(ex);
+                            self.idle.push(*ex);
                         } else {
                             // The pool shrank: retire this one now that its task is done.
                             self.pids.remove(&ex.pid);
@@ -215,7 +215,7 @@ impl Dispatcher {
 /// What job tasks tell the dispatcher about executor processes.
 enum Back {
     /// Healthy and free again.
-    Idle(Executor),
+    Idle(Box<Executor>),
     Started(u32),
     /// Killed or died.
     Gone(u32),
@@ -309,7 +309,7 @@ async fn run_job(
         Ok(b) => b,
         Err(e) => {
             if let Some(ex) = ex {
-                let _ = back.send(Back::Idle(ex)).await;
+                let _ = back.send(Back::Idle(Box::new(ex))).await;
             }
             let _ = done
                 .send(finish(
@@ -350,7 +350,7 @@ async fn run_job(
     let (outcome, run_us) = match ended {
         Ended::Response(resp) => {
             ex.last_used = Instant::now();
-            let _ = back.send(Back::Idle(ex)).await;
+            let _ = back.send(Back::Idle(Box::new(ex))).await;
             describe(&job.module, job.request.memory_bytes, resp)
         }
         Ended::Cancelled => {
