@@ -47,23 +47,23 @@ impl Actor {
                 Output::Send { to, msg } => {
                     self.spawn_request(&to, Request::Election(msg), |_| None);
                 }
-                Output::Role(change) => self.role_changed(change),
+                Output::Role(change) => self.role_changed(change)?,
             }
         }
         Ok(())
     }
 
-    fn role_changed(&mut self, change: RoleChange<Id>) {
+    fn role_changed(&mut self, change: RoleChange<Id>) -> Result<(), StoreError> {
         match change {
             RoleChange::Leader { term } => {
+                self.take_over()?;
                 tracing::info!(epoch = term.epoch, leader = %self.me, dags = self.planner.active_count(),
-                    peers = self.members.len(), "this node is now the controller");
+                    peers = self.members.len(), replica_seq = self.repl_pos.seq, "this node is now the controller");
             }
             RoleChange::Follower { term, leader } => {
                 tracing::info!(epoch = term.epoch, %leader, "following controller");
                 // Work we were handing out under our old term is the new controller's now.
-                self.remote.clear();
-                self.inflight.clear();
+                self.step_down(&leader);
             }
             RoleChange::Candidate { term } => {
                 tracing::debug!(epoch = term.epoch, "standing for controller");
@@ -73,10 +73,13 @@ impl Actor {
         for (_, cmd) in parked {
             self.handle_command(cmd);
         }
+        Ok(())
     }
 
     pub(super) async fn handle_tick(&mut self) -> Result<(), StoreError> {
         self.elect(Input::Tick).await?;
+        self.expire_acks();
+        self.replicate();
         for down in self.members.expire(self.clock_ms()) {
             tracing::info!(peer = %down, "peer is down (silent too long)");
             self.node_down(&down);
@@ -168,7 +171,29 @@ impl Actor {
         });
     }
 
-    fn peer_of(&mut self, id: &Id) -> Option<PeerId> {
+    /// Where to fetch a module from: `first`, then every other known peer.
+    fn module_sources(&mut self, first: &Id) -> Vec<PeerId> {
+        let mut out: Vec<PeerId> = Vec::new();
+        if *first != self.me {
+            out.extend(self.peer_of(first));
+        }
+        let others: Vec<Id> = self
+            .members
+            .iter()
+            .map(|(id, _)| id.clone())
+            .filter(|id| *id != self.me)
+            .collect();
+        for id in others {
+            if let Some(p) = self.peer_of(&id) {
+                if !out.contains(&p) {
+                    out.push(p);
+                }
+            }
+        }
+        out
+    }
+
+    pub(super) fn peer_of(&mut self, id: &Id) -> Option<PeerId> {
         if let Some(p) = self.peers.get(id) {
             return Some(*p);
         }
@@ -194,6 +219,7 @@ impl Actor {
                 }
             }
             Internal::ResultsDelivered => self.results_in_flight = false,
+            Internal::ReplicaAnswer { node, answer } => self.replica_answer(node, answer),
             Internal::ResultsUndelivered(mut results) => {
                 self.results_in_flight = false;
                 results.append(&mut self.results_out);
@@ -322,6 +348,49 @@ impl Actor {
                         self.remote_result(&from, r);
                     }
                     Response::Ok
+                }
+            }
+            Request::Replicate {
+                term,
+                prev,
+                snapshot,
+                batches,
+            } => match self.apply_replicate(term, prev, snapshot, batches).await? {
+                Response::NeedModules { seq, hashes } => {
+                    let sources = self.module_sources(&from);
+                    let net = self.net.clone();
+                    let modules = self.modules.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) =
+                            fetch_from_any(&net, &sources, &modules, hashes.iter()).await
+                        {
+                            tracing::warn!(
+                                "replicated DAG's modules could not all be fetched: {e}"
+                            );
+                        }
+                        respond(reply, &Response::Replicated { seq });
+                    });
+                    return Ok(());
+                }
+                resp => resp,
+            },
+            Request::Sync { digest } => {
+                if leader {
+                    self.sync_want(digest)?
+                } else {
+                    Response::NotLeader {
+                        leader: self.election.leader().cloned(),
+                    }
+                }
+            }
+            Request::Push { dags } => {
+                if leader {
+                    self.merge_pushed(&from, dags)?;
+                    Response::Ok
+                } else {
+                    Response::NotLeader {
+                        leader: self.election.leader().cloned(),
+                    }
                 }
             }
             Request::Abort { dag } => {
@@ -538,7 +607,10 @@ impl Actor {
                 memory_mb: a.memory_mb,
             };
             if node == self.me {
-                self.start_job(job, Origin::Local).await;
+                // Through the queue: a module this node lacks (it took over from a controller
+                // that had it) is fetched from a peer first.
+                let me = self.me.clone();
+                self.enqueue_job(job, &me);
             } else {
                 self.remote
                     .insert((job.dag, job.task), (node.clone(), job.attempt));
@@ -611,6 +683,7 @@ impl Actor {
             return;
         };
         let net = self.net.clone();
+        let store = self.store.clone();
         tokio::spawn(async move {
             match cmd {
                 Command::Submit {
@@ -651,6 +724,22 @@ impl Actor {
                         Response::Dag(v) => Ok(*v),
                         other => Err(unexpected(other)),
                     });
+                    // The controller could not answer (an election under way, a lost
+                    // connection): this node's replica is the next best answer.
+                    let r = match r {
+                        Err(e)
+                            if !matches!(
+                                &e,
+                                ControllerError::Remote {
+                                    status: 404 | 409,
+                                    ..
+                                }
+                            ) =>
+                        {
+                            local_view(&store, id, tasks).map_err(|_| e)
+                        }
+                        r => r,
+                    };
                     let _ = reply.send(r);
                 }
                 Command::List { limit, reply } => {
@@ -714,6 +803,22 @@ impl Actor {
             dags_active: self.planner.active_count() as u64,
         }
     }
+}
+
+/// A DAG as this node's own store has it (a follower's replica).
+fn local_view(
+    store: &crate::store::Store,
+    id: bx3_protocol::ids::DagId,
+    tasks: bool,
+) -> Result<bx3_protocol::api::DagView, ControllerError> {
+    let meta = store.meta(&id)?.ok_or(ControllerError::NotFound(id))?;
+    let spec = store.spec(&id)?.ok_or(ControllerError::NotFound(id))?;
+    let records = if tasks {
+        store.tasks(&id, spec.dag.tasks.len())?
+    } else {
+        Vec::new()
+    };
+    Ok(super::make_view(id, &meta, &spec, &records, tasks))
 }
 
 /// Index of the node with free slots and the smallest fraction of them in use (ties by id,
@@ -781,7 +886,11 @@ fn unexpected(resp: Response) -> ControllerError {
     }
 }
 
-async fn call(net: &net::Client, peer: PeerId, req: Request) -> Result<Response, ControllerError> {
+pub(super) async fn call(
+    net: &net::Client,
+    peer: PeerId,
+    req: Request,
+) -> Result<Response, ControllerError> {
     let bytes = mesh::encode_rpc(&req).map_err(|e| ControllerError::Remote {
         status: 500,
         message: e.to_string(),
@@ -797,6 +906,24 @@ async fn call(net: &net::Client, peer: PeerId, req: Request) -> Result<Response,
         status: 502,
         message: format!("bad answer from the controller: {e}"),
     })
+}
+
+/// Like `fetch_missing`, trying each peer in turn for what is still missing.
+async fn fetch_from_any<'a>(
+    net: &net::Client,
+    peers: &[PeerId],
+    modules: &crate::store::ModuleStore,
+    hashes: impl Iterator<Item = &'a String>,
+) -> Result<(), String> {
+    let wanted: Vec<&String> = hashes.collect();
+    let mut last = String::from("no peer to fetch from");
+    for peer in peers {
+        match fetch_missing(net, *peer, modules, wanted.iter().copied()).await {
+            Ok(()) => return Ok(()),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 /// Fetches from `peer` every module in `hashes` that is not in `modules`, checking each
@@ -827,19 +954,25 @@ async fn fetch_missing<'a>(
                 }
                 let modules = modules.clone();
                 let h = hash.clone();
-                // Store, then compile ahead of the first task (the executors load the cached
-                // artifact instead of each compiling it).
+                // Stored (and synced) before we answer; compiled ahead of the first task in
+                // the background, so the executors load the cached artifact.
                 tokio::task::spawn_blocking(move || {
                     modules
                         .put(&bytes.0)
                         .map_err(|e| format!("cannot store module {h}: {e}"))?;
-                    crate::executor::runtime::Runtime::new(modules.compiled_dir())
-                        .and_then(|mut rt| rt.prepare(&h, &bytes.0))
-                        .map_err(|e| format!("module {h} does not compile: {e}"))
+                    std::thread::spawn(move || {
+                        if let Err(e) =
+                            crate::executor::runtime::Runtime::new(modules.compiled_dir())
+                                .and_then(|mut rt| rt.prepare(&h, &bytes.0))
+                        {
+                            tracing::warn!("fetched module {h} does not compile: {e}");
+                        }
+                    });
+                    Ok::<(), String>(())
                 })
                 .await
                 .map_err(|e| e.to_string())??;
-                tracing::debug!(%hash, %peer, "fetched and compiled module");
+                tracing::debug!(%hash, %peer, "fetched module");
             }
             other => return Err(format!("peer {peer} has no module {hash}: {other:?}")),
         }

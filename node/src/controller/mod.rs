@@ -20,8 +20,9 @@
 
 mod mesh;
 pub mod planner;
+mod replication;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -31,10 +32,10 @@ use libp2p::PeerId;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::election::{self, Election};
+use crate::election::{self, Election, LogPos};
 use crate::executor::{self, frame::Request as ExecRequest, sizing::Capacity, Done, Job, Pool};
 use crate::mesh::members::Members;
-use crate::mesh::{Id, WireJob, WireResult};
+use crate::mesh::{Batch, Id, Response, WireJob, WireResult};
 use crate::net;
 use crate::store::{DagMeta, ModuleStore, SpecRecord, Store, StoreError, TaskRecord};
 use planner::Planner;
@@ -209,6 +210,11 @@ enum Internal {
     ResultsDelivered,
     /// Results could not be delivered to the controller; keep them for the next try.
     ResultsUndelivered(Vec<WireResult>),
+    /// A follower's answer to a Replicate request.
+    ReplicaAnswer {
+        node: Id,
+        answer: Result<Response, String>,
+    },
     /// A module fetched from a peer is now in the module store (or could not be fetched).
     ModuleFetched { hash: String, error: Option<String> },
 }
@@ -279,6 +285,16 @@ pub struct Actor {
     results_out: Vec<WireResult>,
     /// Whether a Results request is on its way (one at a time keeps them ordered).
     results_in_flight: bool,
+    /// How far this node's copy of the controller's state goes (term, seq).
+    repl_pos: LogPos<Id>,
+    /// Controller: recent batches, for followers a little behind.
+    repl_log: VecDeque<Arc<Batch>>,
+    /// Controller: each follower's replication progress.
+    followers: HashMap<Id, replication::Follower>,
+    /// Controller: DAGs accepted since the last batch (their spec goes into it).
+    new_dags: HashSet<DagId>,
+    /// Controller: submissions durable here, waiting for a follower's copy.
+    pending_acks: Vec<replication::PendingAck>,
     started: Instant,
     shutdown: CancellationToken,
 }
@@ -297,6 +313,7 @@ impl Actor {
         let (internal_tx, internal_rx) = mpsc::channel(1024);
         let me = parts.peer_id.to_string();
         let persisted = parts.store.election()?;
+        let repl_pos = parts.store.repl_pos()?;
         let seed = u64::from_le_bytes(
             parts.peer_id.to_bytes()[parts.peer_id.to_bytes().len().saturating_sub(8)..]
                 .try_into()
@@ -336,6 +353,11 @@ impl Actor {
             waiting_module: HashMap::new(),
             results_out: Vec::new(),
             results_in_flight: false,
+            repl_pos,
+            repl_log: VecDeque::new(),
+            followers: HashMap::new(),
+            new_dags: HashSet::new(),
+            pending_acks: Vec::new(),
             started: Instant::now(),
             shutdown: parts.shutdown,
         };
@@ -371,8 +393,9 @@ impl Actor {
     }
 
     pub async fn run(mut self) -> Result<(), StoreError> {
-        self.recover()?;
-        self.persist().await?;
+        // Unfinished DAGs are resumed by whichever node becomes the controller (take_over).
+        let pos = self.repl_pos.clone();
+        self.elect(election::Input::LogPos(pos)).await?;
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut announce = tokio::time::interval(ANNOUNCE_EVERY);
@@ -547,6 +570,7 @@ impl Actor {
             },
         };
         self.store.insert_dag(&id, &meta, &spec)?;
+        self.new_dags.insert(id);
         tracing::info!(dag = %id, name = %meta.name, tasks = n, "DAG accepted");
         self.planner.add(id, meta, Arc::new(spec), Vec::new());
         Ok(id)
@@ -586,11 +610,11 @@ impl Actor {
 
     /// Free local executors, counting jobs queued for them.
     fn local_free(&self) -> usize {
-        self.capacity
-            .borrow()
-            .executors
-            .max(1)
-            .saturating_sub(self.busy + self.queue.len())
+        self.capacity.borrow().executors.max(1).saturating_sub(
+            self.busy
+                + self.queue.len()
+                + self.waiting_module.values().map(Vec::len).sum::<usize>(),
+        )
     }
 
     /// Starts queued jobs (assigned by a controller, possibly this node) on free executors.
@@ -662,6 +686,9 @@ impl Actor {
             })
             .collect();
         self.store.put_tasks(records)?;
+        if self.election.is_leader() {
+            self.make_batch(&dirty)?;
+        }
         let mut finished = Vec::new();
         for id in &dirty.runs {
             if let Some(run) = self.planner.run(id) {
@@ -672,9 +699,10 @@ impl Actor {
             }
         }
         self.store.flush().await?;
-        for (reply, id) in self.acks.drain(..) {
-            let _ = reply.send(Ok(id));
+        for (reply, id) in std::mem::take(&mut self.acks) {
+            self.ack_after_replication(reply, id);
         }
+        self.replicate();
         for id in finished {
             if let Some(run) = self.planner.evict(&id) {
                 let c = run.meta.counts;

@@ -34,6 +34,22 @@
 //! meet again the higher term wins. Orders from an old term are fenced with
 //! [`Election::accepts`].
 //!
+//! # The rules at a glance (each is documented where it is applied, with why)
+//!
+//! - A follower that hears no heartbeat for a random `[min, max)` timeout stands in a new
+//!   epoch; a (re)started node first listens `max..2·max - min` ticks.
+//! - A heartbeat of a higher term is followed at once (a leader steps down); of our term it
+//!   renews the leader; of a lower term it is ignored — except that a listener that can
+//!   never follow that leader stands within `min` ticks rather than waiting out its timer.
+//! - A vote goes at most once per epoch, only to a term above ours and a log at least ours,
+//!   and — while our leader was heard within `min` (the lease) — only to that leader itself
+//!   or to a log with entries from a newer term than the leader's.
+//! - Two candidates in one epoch: the better log, then the higher id, stands again at once;
+//!   the other backs off.
+//! - A leader that sees a candidacy in a newer epoch re-wins itself a term above it, staying
+//!   leader meanwhile (so a node stranded above its term can follow it); a leader votes for a
+//!   log from a newer term than its own.
+//!
 //! # Outputs and durability
 //!
 //! Whenever `epoch`, `term` or `voted` change, an [`Output::Persist`] is emitted before any
@@ -112,7 +128,7 @@ impl Params {
     /// Every value at least 1 and a non-empty timeout range.
     fn sanitized(self) -> Params {
         let heartbeat_ticks = self.heartbeat_ticks.max(1);
-        let election_timeout_min = self.election_timeout_min.max(1);
+        let election_timeout_min = self.election_timeout_min.clamp(1, u64::MAX - 1);
         let election_timeout_max = self
             .election_timeout_max
             .max(election_timeout_min.saturating_add(1));
@@ -210,19 +226,12 @@ struct Campaign<Id> {
     votes: BTreeSet<Id>,
 }
 
-/// The last heartbeat from the leader a follower follows.
-#[derive(Clone, Debug)]
-struct Contact<Id> {
-    at: u64,
-    pos: LogPos<Id>,
-}
-
 #[derive(Clone, Debug)]
 enum Role<Id> {
-    /// Following `term.candidate` when `leader` is set; otherwise listening (just started,
-    /// or gave its vote to a candidate and waits to hear who won).
+    /// Following `term.candidate`, last heard at tick `leader_seen`; without it, listening
+    /// (just started, or gave its vote to a candidate and waits to hear who won).
     Follower {
-        leader: Option<Contact<Id>>,
+        leader_seen: Option<u64>,
     },
     Candidate {
         campaign: Campaign<Id>,
@@ -294,7 +303,7 @@ impl<Id: NodeId> Election<Id> {
             term: p.term,
             voted: p.voted,
             pos: LogPos::default(),
-            role: Role::Follower { leader: None },
+            role: Role::Follower { leader_seen: None },
             deadline: 0,
             alive: BTreeMap::new(),
             prune_at: u64::MAX,
@@ -326,7 +335,9 @@ impl<Id: NodeId> Election<Id> {
     pub fn leader(&self) -> Option<&Id> {
         match &self.role {
             Role::Leader { .. } => Some(&self.me),
-            Role::Follower { leader: Some(_) } => self.term.as_ref().map(|t| &t.candidate),
+            Role::Follower {
+                leader_seen: Some(_),
+            } => self.term.as_ref().map(|t| &t.candidate),
             _ => None,
         }
     }
@@ -457,19 +468,13 @@ impl<Id: NodeId> Election<Id> {
             return;
         }
         match msg {
-            Message::Heartbeat { term, pos } => self.on_heartbeat(from, term, pos, out),
+            Message::Heartbeat { term, .. } => self.on_heartbeat(from, term, out),
             Message::VoteRequest { term, pos } => self.on_vote_request(from, term, pos, out),
             Message::Vote { term, granted } => self.on_vote(from, term, granted, out),
         }
     }
 
-    fn on_heartbeat(
-        &mut self,
-        from: Id,
-        term: Term<Id>,
-        pos: LogPos<Id>,
-        out: &mut Vec<Output<Id>>,
-    ) {
+    fn on_heartbeat(&mut self, from: Id, term: Term<Id>, out: &mut Vec<Output<Id>>) {
         // Rule: only a term's own candidate sends its heartbeats. Why: leadership is never
         // delegated; a relayed or forged heartbeat could make us follow a dead node.
         if from != term.candidate {
@@ -486,31 +491,32 @@ impl<Id: NodeId> Election<Id> {
             // Rule: a heartbeat of a higher term is followed at once, by a leader too (it
             // steps down). Why: the higher term wins; this is how two sides of a healed
             // partition agree, and how a new leader is recognised.
-            Ordering::Greater => self.follow(term, pos, out),
+            Ordering::Greater => self.follow(term, out),
             Ordering::Equal => match &mut self.role {
                 // Rule: a heartbeat of our term keeps the leader alive: reset the election
                 // timer and renew the lease. Why: the leader is fine.
                 Role::Follower {
-                    leader: Some(contact),
+                    leader_seen: Some(seen),
                 } => {
-                    contact.at = self.now;
-                    contact.pos = pos;
+                    *seen = self.now;
                     self.deadline = self.now.saturating_add(self.timeout());
                 }
                 // Cannot happen: our own term's heartbeats come only from us.
                 Role::Leader { .. } => {}
                 // Rule: a candidate or listener hearing the leader of its own term follows it
                 // again. Why: that leader is alive after all; no term moves backwards.
-                _ => self.follow(term, pos, out),
+                _ => self.follow(term, out),
             },
             Ordering::Less => {
-                // Rule: a stale leader is ignored; but a node with no leader that hears one
-                // stops waiting the full listening time. Why: it can never follow a lower
-                // term, and its candidacy makes that leader re-win itself a term above ours
-                // (see `reelect`) instead of leaving us stranded.
-                if self.leader().is_none() {
-                    let soon = self.now.saturating_add(self.params.election_timeout_min);
-                    self.deadline = self.deadline.min(soon);
+                // Rule: a stale leader is ignored; but a listener (no leader, not standing)
+                // that hears one stands within `election_timeout_min` instead of waiting out
+                // its timer. Why: it can never follow a lower term, and its candidacy makes
+                // that leader re-win itself a term above ours (see `reelect`) instead of
+                // leaving us stranded. (A candidate has already told it.)
+                if matches!(self.role, Role::Follower { leader_seen: None }) {
+                    // Randomized: every stranded node hears that leader at the same moment.
+                    let soon = 1 + self.next_random() % self.params.election_timeout_min;
+                    self.deadline = self.deadline.min(self.now.saturating_add(soon));
                 }
             }
         }
@@ -533,15 +539,17 @@ impl<Id: NodeId> Election<Id> {
         let answer = match &self.role {
             Role::Leader { campaign, .. } => {
                 let ours = self.term.as_ref().map_or(0, |t| t.epoch);
-                if eligible && newer_branch(&pos, &self.pos) {
+                let newer = pos.term.as_ref() > self.term.as_ref();
+                if eligible && newer {
                     // Rule: a leader votes for a candidate whose log comes from a newer term
                     // than its own, and keeps leading until that candidate's heartbeat.
                     // Why: that node holds state we lack; it is the preferred leader.
                     Answer::Grant
-                } else if term.epoch > ours
+                } else if !newer
+                    && term.epoch > ours
                     && campaign
                         .as_ref()
-                        .is_none_or(|(c, _)| c.term.epoch < term.epoch)
+                        .is_none_or(|(c, _)| c.term.epoch <= term.epoch)
                 {
                     Answer::Reelect
                 } else {
@@ -549,23 +557,24 @@ impl<Id: NodeId> Election<Id> {
                 }
             }
             Role::Follower {
-                leader: Some(contact),
+                leader_seen: Some(seen),
             } => {
-                let in_lease =
-                    self.now.saturating_sub(contact.at) < self.params.election_timeout_min;
+                let in_lease = self.now.saturating_sub(*seen) < self.params.election_timeout_min;
+                let newer = pos.term.as_ref() > self.term.as_ref();
                 let own_leader = self.term.as_ref().map(|t| &t.candidate) == Some(&term.candidate);
                 // Rule (lease, as Raft's check-quorum/pre-vote): while our leader was heard
                 // within `election_timeout_min` we vote only for that leader itself
-                // (re-winning a term) or for a log from a newer term than the leader's.
+                // (re-winning a term) or for a log with entries from a term newer than the
+                // leader's.
                 // Why: a node that rejoins, restarts or merely missed a few heartbeats must
                 // not depose a healthy leader.
-                if eligible && (!in_lease || own_leader || newer_branch(&pos, &contact.pos)) {
+                if eligible && (!in_lease || own_leader || newer) {
                     Answer::Grant
                 } else {
                     Answer::Refuse
                 }
             }
-            Role::Follower { leader: None } => {
+            Role::Follower { leader_seen: None } => {
                 if eligible {
                     Answer::Grant
                 } else {
@@ -575,10 +584,11 @@ impl<Id: NodeId> Election<Id> {
             Role::Candidate { campaign } => {
                 if term.epoch == campaign.term.epoch {
                     // Rule: two candidates in one epoch (both voted for themselves, so
-                    // neither can collect the other's vote): the higher id stands again at
-                    // once in the next epoch, the lower backs off a full timeout and will
-                    // vote for it. Why: a split otherwise costs another whole timeout.
-                    if term.candidate > self.me {
+                    // neither can collect the other's vote): the one the other would vote for
+                    // — the more up-to-date log, then the higher id — stands again at once in
+                    // the next epoch; the other backs off a full timeout and votes for it.
+                    // Why: a split otherwise costs another whole timeout.
+                    if (&pos, &term.candidate) > (&self.pos, &self.me) {
                         Answer::BackOff
                     } else {
                         Answer::Restand
@@ -709,7 +719,7 @@ impl<Id: NodeId> Election<Id> {
                 until,
             ));
         }
-        let pos = self.pos.clone();
+        let pos = self.advertised_pos();
         self.emit(
             out,
             Output::Broadcast(Message::VoteRequest {
@@ -745,20 +755,40 @@ impl<Id: NodeId> Election<Id> {
             *next_heartbeat = next;
         }
         if let Some(term) = self.term.clone() {
-            let pos = self.pos.clone();
+            let pos = self.advertised_pos();
             self.emit(out, Output::Broadcast(Message::Heartbeat { term, pos }));
         }
     }
 
-    fn follow(&mut self, term: Term<Id>, pos: LogPos<Id>, out: &mut Vec<Output<Id>>) {
+    /// The log position this node tells others. Rule: a leader speaks for its term — its
+    /// position carries its current term even before it has added anything in it (as if it
+    /// had appended Raft's no-op entry). Why: followers may stamp what they replicate with
+    /// the leader's current term; the leader must not look behind its own followers, or they
+    /// would refuse it when it re-wins itself a term.
+    fn advertised_pos(&self) -> LogPos<Id> {
+        match (&self.role, &self.term) {
+            (Role::Leader { .. }, Some(term)) if self.pos.term.as_ref() < Some(term) => LogPos {
+                term: Some(term.clone()),
+                seq: self.pos.seq,
+            },
+            _ => self.pos.clone(),
+        }
+    }
+
+    fn follow(&mut self, term: Term<Id>, out: &mut Vec<Output<Id>>) {
         let already = self.term.as_ref() == Some(&term)
-            && matches!(self.role, Role::Follower { leader: Some(_) });
+            && matches!(
+                self.role,
+                Role::Follower {
+                    leader_seen: Some(_)
+                }
+            );
         if self.term.as_ref() != Some(&term) {
             self.term = Some(term.clone());
             self.dirty = true;
         }
         self.role = Role::Follower {
-            leader: Some(Contact { at: self.now, pos }),
+            leader_seen: Some(self.now),
         };
         self.deadline = self.now.saturating_add(self.timeout());
         if !already {
@@ -777,7 +807,7 @@ impl<Id: NodeId> Election<Id> {
             // Rule: having voted for another, wait to hear who won, with a fresh timer.
             // Why: give the candidate time to win before standing ourselves.
             Role::Follower { .. } | Role::Candidate { .. } => {
-                self.role = Role::Follower { leader: None };
+                self.role = Role::Follower { leader_seen: None };
                 self.deadline = self.now.saturating_add(self.timeout());
             }
             // A leader keeps leading until the winner's heartbeat arrives.
@@ -867,11 +897,6 @@ impl<Id: NodeId> Election<Id> {
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
     }
-}
-
-/// `a` holds entries from a later term than `b`'s last.
-fn newer_branch<Id: Ord>(a: &LogPos<Id>, b: &LogPos<Id>) -> bool {
-    a.term > b.term
 }
 
 #[cfg(test)]
@@ -978,9 +1003,13 @@ mod tests {
                     voted: Some((1, 1)),
                 }),
                 Output::Role(RoleChange::Leader { term: t }),
+                // A leader's position carries its term.
                 Output::Broadcast(Message::Heartbeat {
                     term: t,
-                    pos: LogPos::default(),
+                    pos: LogPos {
+                        term: Some(t),
+                        seq: 0,
+                    },
                 }),
             ]
         );
@@ -1110,9 +1139,12 @@ mod tests {
             Some(true)
         );
         assert_eq!(e.leader(), Some(&2));
-        // A log from a newer term than the leader's: granted.
+        // A log stamped with the leader's own term is no reason: refused.
+        let same = pos(1, 2, 7);
+        assert_eq!(answer(&step(&mut e, request(4, 3, same)), 3), Some(false));
+        // A log with entries from a newer term than the leader's: granted.
         let newer = pos(3, 2, 1);
-        assert_eq!(answer(&step(&mut e, request(4, 3, newer)), 3), Some(true));
+        assert_eq!(answer(&step(&mut e, request(5, 3, newer)), 3), Some(true));
         // Once the leader is silent for `election_timeout_min`, candidates are heard.
         step(&mut e, heartbeat(1, 2)); // a stale term: no lease renewal
         let mut e = node(1);
@@ -1128,6 +1160,25 @@ mod tests {
             None,
             "voted for another: no leader until one wins"
         );
+    }
+
+    #[test]
+    fn a_listener_that_hears_a_leader_it_cannot_follow_stands_sooner() {
+        let stranded = Persistent {
+            epoch: 7,
+            term: Some(term(7, 3)),
+            voted: None,
+        };
+        let mut e = Election::new(1, Params::default(), Some(stranded), 1);
+        assert!(e.deadline >= 20, "listens a full timeout");
+        assert!(step(&mut e, heartbeat(5, 2)).is_empty());
+        assert_eq!(e.leader(), None);
+        assert!(
+            e.deadline <= 10,
+            "but not once it hears a leader below its term"
+        );
+        let out = ticks(&mut e, 20);
+        assert_eq!(stood(&out), Some(term(8, 1)));
     }
 
     #[test]
@@ -1163,10 +1214,27 @@ mod tests {
         let led = *e.term().expect("a term");
         step(&mut e, Input::Heard(2));
         step(&mut e, Input::Heard(3));
+        // Its log has nothing of its own term yet (followers may have stamped what they
+        // replicated with it, though).
+        let older = LogPos { term: None, seq: 5 };
+        step(&mut e, Input::LogPos(older));
         let out = step(&mut e, request(led.epoch + 5, 3, LogPos::default()));
         assert_eq!(answer(&out, 3), Some(false));
         let again = term(led.epoch + 6, 1);
         assert_eq!(stood(&out), Some(again));
+        // It asks with its position stamped with the term it leads, so that such followers
+        // do not find it behind them.
+        let asked = out.iter().find_map(|o| match o {
+            Output::Broadcast(Message::VoteRequest { pos, .. }) => Some(*pos),
+            _ => None,
+        });
+        assert_eq!(
+            asked,
+            Some(LogPos {
+                term: Some(led),
+                seq: 5
+            })
+        );
         assert!(e.is_leader(), "still leading its current term meanwhile");
         let out = step(
             &mut e,
@@ -1199,6 +1267,25 @@ mod tests {
         assert!(e.is_leader(), "until the winner's heartbeat");
         step(&mut e, heartbeat(5, 2));
         assert_eq!(e.leader(), Some(&2));
+    }
+
+    #[test]
+    fn a_split_vote_goes_to_the_better_log_then_the_higher_id() {
+        // Same epoch, 3 has the better log: 5 backs off, 3 stands again.
+        let mut high = node(5);
+        let mut low = node(3);
+        low.step(Input::LogPos(pos(1, 9, 4)), &mut Vec::new());
+        for (e, peer) in [(&mut high, 3), (&mut low, 5)] {
+            e.step(Input::Heard(peer), &mut Vec::new());
+            e.step(Input::Heard(9), &mut Vec::new());
+            e.deadline = 0;
+        }
+        ticks(&mut high, 1);
+        ticks(&mut low, 1);
+        let out = step(&mut high, request(1, 3, pos(1, 9, 4)));
+        assert_eq!((answer(&out, 3), stood(&out)), (Some(false), None));
+        let out = step(&mut low, request(1, 5, LogPos::default()));
+        assert_eq!(stood(&out), Some(term(2, 3)));
     }
 
     #[test]
@@ -1321,6 +1408,16 @@ mod tests {
         let mut e = Election::new(1, zero, None, 0);
         ticks(&mut e, 10);
         assert!(e.is_leader());
+        let huge = Params {
+            heartbeat_ticks: u64::MAX,
+            election_timeout_min: u64::MAX,
+            election_timeout_max: u64::MAX,
+            alive_window: u64::MAX,
+        };
+        let mut e = Election::new(1, huge, None, 0);
+        step(&mut e, Input::Heard(2));
+        ticks(&mut e, 10);
+        assert!(!e.is_leader());
         // A record whose epoch lags its own term and vote is repaired (and re-persisted).
         let lagging = Persistent {
             epoch: 1,

@@ -13,7 +13,7 @@ use bx3_protocol::wire::{self, CodecError};
 use serde::{Deserialize, Serialize};
 
 use crate::election;
-use crate::store::SpecRecord;
+use crate::store::{DagMeta, SpecRecord, TaskRecord};
 
 /// Peer ids travel as their base58 text.
 pub type Id = String;
@@ -69,6 +69,34 @@ pub struct WireResult {
     pub outcome: Result<String, String>,
 }
 
+/// Everything that changed about one DAG in one batch. `spec` only when the DAG is new to the
+/// receiver (or in a snapshot); `tasks` only the records that changed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DagDelta {
+    pub id: DagId,
+    pub meta: DagMeta,
+    #[serde(default)]
+    pub spec: Option<SpecRecord>,
+    #[serde(default)]
+    pub tasks: Vec<(u32, TaskRecord)>,
+}
+
+/// One persisted round of the controller's state changes, numbered in order.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Batch {
+    pub seq: u64,
+    pub dags: Vec<DagDelta>,
+}
+
+/// A DAG as a digest entry: enough to tell who knows more about it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DagDigest {
+    pub id: DagId,
+    pub state: bx3_protocol::api::DagState,
+    /// Tasks in a final state.
+    pub done: u64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Request {
     /// Election messages addressed to one node (votes).
@@ -111,6 +139,23 @@ pub enum Request {
     Abort {
         dag: DagId,
     },
+    /// The controller's state changes, in order: batches follow the receiver's `prev`, or
+    /// (`snapshot`) replace what it knows of the DAGs they carry, merged record by record.
+    Replicate {
+        term: Term,
+        prev: u64,
+        snapshot: bool,
+        batches: Vec<Batch>,
+    },
+    /// A node that starts following a controller says which DAGs it holds, so the controller
+    /// can pull what it lacks (after a partition heals, or a full restart).
+    Sync {
+        digest: Vec<DagDigest>,
+    },
+    /// The DAGs the controller asked for after a `Sync`, in full.
+    Push {
+        dags: Vec<DagDelta>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -139,6 +184,24 @@ pub enum Response {
     Error {
         status: u16,
         message: String,
+    },
+    /// A follower applied replicated state up to `seq`.
+    Replicated {
+        seq: u64,
+    },
+    /// A follower cannot apply batches after `prev`: its position is `seq`; send a snapshot.
+    Behind {
+        seq: u64,
+    },
+    /// After a `Sync`: send these DAGs in full.
+    SyncWant {
+        ids: Vec<DagId>,
+    },
+    /// Internal to a node, never sent: replicated state applied, modules still to fetch
+    /// before answering `Replicated { seq }`.
+    NeedModules {
+        seq: u64,
+        hashes: Vec<String>,
     },
 }
 

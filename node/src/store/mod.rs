@@ -14,6 +14,7 @@
 //!
 //! Only the controller actor writes; readers may read concurrently (sled is MVCC-safe).
 
+pub mod merge;
 pub mod modules;
 
 use std::collections::BTreeMap;
@@ -93,6 +94,7 @@ const SPECS: &str = "specs.v1";
 const TASKS: &str = "tasks.v1";
 const META: &str = "meta.v1";
 const ELECTION_KEY: &[u8] = b"election";
+const REPL_KEY: &[u8] = b"repl";
 
 fn task_key(dag: &DagId, idx: u32) -> [u8; DagId::LEN + 4] {
     let mut k = [0u8; DagId::LEN + 4];
@@ -171,6 +173,73 @@ impl Store {
     pub fn put_election(&self, p: &crate::election::Persistent<String>) -> Result<(), StoreError> {
         self.meta.insert(ELECTION_KEY, encode(p)?)?;
         Ok(())
+    }
+
+    /// How far this node's copy of the controller's state goes: the term and sequence number
+    /// of the last batch it applied (or, on the controller, produced).
+    pub fn repl_pos(&self) -> Result<crate::election::LogPos<String>, StoreError> {
+        match self.meta.get(REPL_KEY)? {
+            Some(v) => decode(META, REPL_KEY, &v),
+            None => Ok(crate::election::LogPos::default()),
+        }
+    }
+
+    pub fn put_repl_pos(&self, pos: &crate::election::LogPos<String>) -> Result<(), StoreError> {
+        self.meta.insert(REPL_KEY, encode(pos)?)?;
+        Ok(())
+    }
+
+    pub fn task(&self, id: &DagId, idx: u32) -> Result<Option<TaskRecord>, StoreError> {
+        let key = task_key(id, idx);
+        match self.tasks.get(key)? {
+            Some(v) => Ok(Some(decode(TASKS, &key, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn has_spec(&self, id: &DagId) -> Result<bool, StoreError> {
+        Ok(self.specs.contains_key(id.as_bytes())?)
+    }
+
+    pub fn put_spec(&self, id: &DagId, spec: &SpecRecord) -> Result<(), StoreError> {
+        self.specs.insert(id.as_bytes(), encode(spec)?)?;
+        Ok(())
+    }
+
+    /// Merges another node's knowledge of a DAG into ours (see `merge`). Returns how many
+    /// task records conflicted (two different successful outputs).
+    pub fn merge_dag(
+        &self,
+        id: &DagId,
+        meta: &DagMeta,
+        spec: Option<&SpecRecord>,
+        tasks: &[(u32, TaskRecord)],
+    ) -> Result<usize, StoreError> {
+        if let Some(spec) = spec {
+            if !self.has_spec(id)? {
+                self.put_spec(id, spec)?;
+            }
+        }
+        let mut conflicts = 0;
+        let mut batch = sled::Batch::default();
+        for (idx, incoming) in tasks {
+            let local = self.task(id, *idx)?;
+            let (merged, conflict) = merge::merge_task(local.as_ref(), incoming);
+            if conflict {
+                conflicts += 1;
+                tracing::warn!(dag = %id, task = idx, "two different successful outputs for one task; keeping ours");
+            }
+            if local.as_ref() != Some(&merged) {
+                batch.insert(&task_key(id, *idx)[..], encode(&merged)?);
+            }
+        }
+        self.tasks.apply_batch(batch)?;
+        let local = self.meta(id)?;
+        let merged = merge::merge_meta(local.as_ref(), meta);
+        if local.as_ref() != Some(&merged) && self.has_spec(id)? {
+            self.put_meta(id, &merged)?;
+        }
+        Ok(conflicts)
     }
 
     /// Waits until everything written so far is on disk.

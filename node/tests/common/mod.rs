@@ -37,6 +37,16 @@ impl TestNode {
         Self::start_in(dir, extra)
     }
 
+    /// A stopped node that owns nothing but a temp dir (to move a real node out of a Vec).
+    fn placeholder(dir: tempfile::TempDir) -> TestNode {
+        TestNode {
+            child: None,
+            dir,
+            api: String::new(),
+            extra: Vec::new(),
+        }
+    }
+
     fn start_in(dir: tempfile::TempDir, extra: Vec<String>) -> TestNode {
         let addr_file = dir.path().join("api.addr");
         let _ = std::fs::remove_file(&addr_file);
@@ -345,17 +355,34 @@ pub struct Mesh {
 
 impl Mesh {
     pub fn start(n: usize, executors: usize) -> Mesh {
+        // Ports chosen up front so every node can name all the others, and a node restarted
+        // on its data dir comes back at the same address.
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let mut nodes: Vec<TestNode> = Vec::new();
-        for _ in 0..n {
-            let mut args = vec!["--max-executors".to_string(), executors.to_string()];
-            for prev in &nodes {
-                args.push("--peer".into());
-                args.push(prev.p2p_addr());
+        for (i, port) in ports.iter().enumerate() {
+            let mut args = vec![
+                "--max-executors".to_string(),
+                executors.to_string(),
+                "--listen".to_string(),
+                format!("/ip4/127.0.0.1/tcp/{port}"),
+            ];
+            for (j, other) in ports.iter().enumerate() {
+                if j != i {
+                    args.push("--peer".into());
+                    args.push(format!("/ip4/127.0.0.1/tcp/{other}"));
+                }
             }
             let dir = tempfile::tempdir().expect("temp dir");
             nodes.push(TestNode::start_in(dir, args));
         }
         Mesh { nodes }
+    }
+
+    /// kill -9 node `i` and start it again on its data dir and address.
+    pub fn restart(&mut self, i: usize) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let node = std::mem::replace(&mut self.nodes[i], TestNode::placeholder(dir));
+        self.nodes[i] = node.restart();
     }
 
     /// Waits until every live node names the same leader, and it is one of them.
@@ -413,4 +440,12 @@ impl TestNode {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }
