@@ -483,7 +483,11 @@ pub fn render_status(s: &StatusView) -> String {
             .map(|m| format!(", capped at {m}"))
             .unwrap_or_default()
     );
-    let _ = writeln!(out, "dags      {} active", s.dags_active);
+    let _ = writeln!(
+        out,
+        "dags      {} active, replica at batch {}",
+        s.dags_active, s.replica_seq
+    );
     if !s.listen_addrs.is_empty() {
         let _ = writeln!(out, "listening {}", s.listen_addrs.join(", "));
     }
@@ -491,8 +495,8 @@ pub fn render_status(s: &StatusView) -> String {
     for p in &s.peers {
         let _ = writeln!(
             out,
-            "  {}  {} busy / {} executors",
-            p.peer_id, p.executors.busy, p.executors.total
+            "  {}  {} busy / {} executors, replica at batch {} ({} behind)",
+            p.peer_id, p.executors.busy, p.executors.total, p.replica_seq, p.replica_behind
         );
     }
     out

@@ -138,3 +138,109 @@ fn three_nodes_find_each_other_by_mdns_alone() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// One node cut off from the other two at the bridge: each side keeps working and accepts a
+/// DAG; when the link heals the mesh agrees on one controller again and both DAGs complete,
+/// readable from every node.
+#[test]
+fn partition_and_heal_keeps_both_sides_work() {
+    if !netns_available() {
+        eprintln!("skipped: network namespaces need root and iproute2");
+        return;
+    }
+    let net = Testnet {
+        dir: tempfile::tempdir().expect("tempdir"),
+        prefix: format!("bx3p{}", std::process::id() % 100_000),
+    };
+    let out = net.run(&["up", "3", "--netns"], Duration::from_secs(120));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let agreed = |nodes: &[usize], limit: Duration| -> String {
+        let start = Instant::now();
+        loop {
+            let all: Vec<Option<StatusView>> = nodes.iter().map(|i| net.status(*i)).collect();
+            let first = all[0].as_ref().and_then(|s| s.leader.clone());
+            let ids: Vec<String> = all.iter().flatten().map(|s| s.peer_id.clone()).collect();
+            if let Some(l) = &first {
+                if all
+                    .iter()
+                    .all(|s| s.as_ref().and_then(|s| s.leader.clone()).as_ref() == Some(l))
+                    && ids.contains(l)
+                {
+                    return l.clone();
+                }
+            }
+            assert!(
+                start.elapsed() < limit,
+                "nodes {nodes:?} did not agree: {all:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    agreed(&[0, 1, 2], Duration::from_secs(60));
+
+    let out = net.run(&["partition", "2"], Duration::from_secs(30));
+    assert!(out.status.success());
+    let majority = agreed(&[0, 1], Duration::from_secs(30));
+    let alone = agreed(&[2], Duration::from_secs(30));
+    assert_ne!(majority, alone, "each side has its own controller");
+
+    let dag = repo().join("dags/hello_fanout.yaml");
+    let dag = dag.to_str().expect("utf-8");
+    let submit = |node: &str| -> String {
+        let out = net.run(&["submit", dag, "--node", node], Duration::from_secs(60));
+        assert!(
+            out.status.success(),
+            "submit at {node}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let on_majority = submit("0");
+    let on_minority = submit("2");
+
+    let out = net.run(&["heal", "2"], Duration::from_secs(30));
+    assert!(out.status.success());
+    agreed(&[0, 1, 2], Duration::from_secs(60));
+
+    for id in [&on_majority, &on_minority] {
+        for i in 0..3 {
+            let start = Instant::now();
+            loop {
+                let mut c = Command::new("ip");
+                c.args([
+                    "netns",
+                    "exec",
+                    &format!("{}-n{i}", net.prefix),
+                    BIN,
+                    "dag",
+                    id,
+                    "--json",
+                    "--data-dir",
+                ])
+                .arg(net.node_dir(i));
+                let out = run_bounded(c, Duration::from_secs(30));
+                let view: Option<bx3_protocol::api::DagView> =
+                    serde_json::from_slice(&out.stdout).ok();
+                if view
+                    .as_ref()
+                    .is_some_and(|v| v.state == bx3_protocol::api::DagState::Succeeded)
+                {
+                    let v = view.expect("view");
+                    let agg = v.tasks["aggregate"].output.clone().unwrap_or_default();
+                    assert!(agg.contains("Bonjour, world!"), "{agg}");
+                    break;
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(90),
+                    "DAG {id} not succeeded as seen from node {i}: {view:#?}\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        }
+    }
+}

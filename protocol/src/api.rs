@@ -171,6 +171,9 @@ pub struct DagView {
     /// Increases on every change; `GET /v1/dags/{id}?after=V` waits for a version above V.
     #[serde(default)]
     pub version: u64,
+    /// The node coordinating this DAG (the controller), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coordinator: Option<String>,
 }
 
 /// A line of `dags`.
@@ -207,6 +210,12 @@ pub struct PeerView {
     pub executors: ExecutorsView,
     #[serde(default)]
     pub addrs: Vec<String>,
+    /// Sequence number of the last replicated batch this peer applied.
+    #[serde(default)]
+    pub replica_seq: u64,
+    /// How many batches it is behind the controller (as far as this node knows).
+    #[serde(default)]
+    pub replica_behind: u64,
 }
 
 /// `status --json`.
@@ -222,6 +231,10 @@ pub struct StatusView {
     pub version: String,
     #[serde(default)]
     pub dags_active: u64,
+    /// Sequence number of the last replicated batch this node applied (or, on the
+    /// controller, produced).
+    #[serde(default)]
+    pub replica_seq: u64,
 }
 
 #[cfg(test)]

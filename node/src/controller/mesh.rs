@@ -126,6 +126,7 @@ impl Actor {
             min_free_ram_mb: self.info.min_free_ram_mb,
             leader: self.election.leader().cloned(),
             addrs: self.listen_addrs.clone(),
+            replica_seq: self.repl_pos.seq,
         };
         self.publish(&Gossip::Announce(a)).await;
     }
@@ -230,6 +231,7 @@ impl Actor {
                 match error {
                     None => self.queue.extend(jobs),
                     Some(e) => {
+                        tracing::warn!(%hash, jobs = jobs.len(), "module could not be fetched: {e}");
                         for j in jobs {
                             self.results_out.push(WireResult {
                                 dag: j.dag,
@@ -782,6 +784,14 @@ impl Actor {
                     max_executors: None,
                 },
                 addrs: m.announce.addrs.clone(),
+                replica_seq: m.announce.replica_seq,
+                replica_behind: self.repl_pos.seq.saturating_sub(
+                    self.followers
+                        .get(id)
+                        .map(|f| f.acked())
+                        .unwrap_or(m.announce.replica_seq)
+                        .max(m.announce.replica_seq),
+                ),
             })
             .collect();
         peers.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
@@ -801,6 +811,7 @@ impl Actor {
             peers,
             version: env!("CARGO_PKG_VERSION").to_string(),
             dags_active: self.planner.active_count() as u64,
+            replica_seq: self.repl_pos.seq,
         }
     }
 }

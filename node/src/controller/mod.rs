@@ -717,7 +717,9 @@ impl Actor {
 
     fn view(&self, id: DagId, with_tasks: bool) -> Result<DagView, ControllerError> {
         if let Some(run) = self.planner.run(&id) {
-            return Ok(make_view(id, &run.meta, &run.spec, &run.tasks, with_tasks));
+            let mut v = make_view(id, &run.meta, &run.spec, &run.tasks, with_tasks);
+            v.coordinator = Some(self.me.clone());
+            return Ok(v);
         }
         let meta = self.store.meta(&id)?.ok_or(ControllerError::NotFound(id))?;
         let spec = self.store.spec(&id)?.ok_or(ControllerError::NotFound(id))?;
@@ -793,6 +795,7 @@ pub fn make_view(
         created_at_ms: meta.created_at_ms,
         finished_at_ms: meta.finished_at_ms,
         version: meta.version,
+        coordinator: None,
     };
     if with_tasks {
         for (task, rec) in spec.dag.tasks.iter().zip(tasks) {

@@ -39,6 +39,12 @@ pub(super) struct Follower {
     snapshot: bool,
 }
 
+impl Follower {
+    pub(super) fn acked(&self) -> u64 {
+        self.acked
+    }
+}
+
 /// A submission durable here, waiting for a replica.
 pub(super) struct PendingAck {
     pub reply: Reply<DagId>,

@@ -43,6 +43,9 @@ pub struct Announce {
     pub leader: Option<Id>,
     #[serde(default)]
     pub addrs: Vec<String>,
+    /// Last replicated batch this node applied.
+    #[serde(default)]
+    pub replica_seq: u64,
 }
 
 /// One task assigned to a worker. Inputs are already resolved.

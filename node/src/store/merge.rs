@@ -9,8 +9,8 @@
 //!   two different successful outputs are a conflict: the local one is kept and the conflict
 //!   is reported, never silently replaced;
 //! - between two non-final states the incoming one wins (the controller's view of what runs
-//!   where is the authority);
-//! - attempts only grow.
+//!   where, and how many attempts counted, is the authority: a re-queued attempt is refunded);
+//! - the winning record comes whole, attempts included.
 
 use bx3_protocol::api::{DagState, TaskState};
 
@@ -33,12 +33,11 @@ pub fn merge_task(local: Option<&TaskRecord>, incoming: &TaskRecord) -> (TaskRec
     let conflict = local.state == TaskState::Succeeded
         && incoming.state == TaskState::Succeeded
         && local.output != incoming.output;
-    let mut out = if ir > lr || (ir == lr && ir == 1) {
+    let out = if ir > lr || (ir == lr && ir == 1) {
         incoming.clone()
     } else {
         local.clone()
     };
-    out.attempts = local.attempts.max(incoming.attempts);
     (out, conflict)
 }
 
@@ -78,16 +77,20 @@ mod tests {
     }
 
     #[test]
-    fn finished_stays_finished_and_attempts_only_grow() {
+    fn finished_stays_finished_and_the_winner_comes_whole() {
         let done = rec(TaskState::Succeeded, 1, Some("x"));
         let pending = rec(TaskState::Pending, 2, None);
         let (m, c) = merge_task(Some(&done), &pending);
         assert_eq!(
             (m.state, m.attempts, m.output.as_deref(), c),
-            (TaskState::Succeeded, 2, Some("x"), false)
+            (TaskState::Succeeded, 1, Some("x"), false)
         );
         let (m, _) = merge_task(Some(&pending), &done);
-        assert_eq!((m.state, m.attempts), (TaskState::Succeeded, 2));
+        assert_eq!((m.state, m.attempts), (TaskState::Succeeded, 1));
+        // A controller re-queued an attempt (its node was lost): the refund replicates.
+        let running = rec(TaskState::Running, 1, None);
+        let requeued = rec(TaskState::Pending, 0, None);
+        assert_eq!(merge_task(Some(&running), &requeued).0.attempts, 0);
         let failed = rec(TaskState::Failed, 3, None);
         let (m, _) = merge_task(Some(&failed), &done);
         assert_eq!(

@@ -366,7 +366,16 @@ mod tests {
             store.put_tasks([(a, 1, &rec)]).expect("put");
             futures_lite_block_on(store.flush()).expect("flush");
         }
-        let store = Store::open(dir.path()).expect("reopen");
+        // sled releases its file lock when its background flusher lets go of the database,
+        // a moment after the last handle is dropped.
+        let store = (0..200)
+            .find_map(|_| {
+                Store::open(dir.path()).ok().or_else(|| {
+                    std::thread::sleep(std::time::Duration::from_millis(25));
+                    None
+                })
+            })
+            .expect("reopen within 5 s");
         assert_eq!(store.unfinished().expect("scan"), vec![a]);
         let tasks = store.tasks(&a, 2).expect("tasks");
         assert_eq!(

@@ -66,13 +66,25 @@ impl ModuleStore {
         if path.is_file() {
             return Ok(hash);
         }
-        let tmp = self.dir.join(format!(".{hash}.{}.tmp", std::process::id()));
-        {
+        // A name of its own per writer: two tasks of this process may store the same module
+        // at once (a replication fetch and an assignment's fetch).
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = self
+            .dir
+            .join(format!(".{hash}.{}.{n}.tmp", std::process::id()));
+        let written = (|| {
             let mut f = std::fs::File::create(&tmp)?;
             f.write_all(bytes)?;
             f.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        })();
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            if !path.is_file() {
+                return Err(e);
+            }
         }
-        std::fs::rename(&tmp, &path)?;
         Ok(hash)
     }
 }
@@ -80,6 +92,23 @@ impl ModuleStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn concurrent_puts_of_one_module_both_succeed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ModuleStore::open(dir.path().join("m")).expect("open");
+        let bytes = vec![7u8; 1 << 20];
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let (s, b) = (store.clone(), bytes.clone());
+                std::thread::spawn(move || s.put(&b))
+            })
+            .collect();
+        for h in handles {
+            h.join().expect("thread").expect("every writer succeeds");
+        }
+        assert_eq!(store.get(&sha256_hex(&bytes)).expect("get"), Some(bytes));
+    }
 
     #[test]
     fn put_get_by_hash() {
