@@ -18,6 +18,8 @@ use crate::store::StoreError;
 /// Most jobs in one Assign request (keeps each request well under the size limit for small
 /// inputs; large inputs are bounded by the wire limit itself).
 const ASSIGN_BATCH: usize = 256;
+/// How often a follower sends the controller a digest of its DAGs (100 ticks = 5 s).
+const SYNC_EVERY_TICKS: u64 = 100;
 /// Jobs the controller keeps in flight per remote executor (running + queued on the worker).
 const REMOTE_DEPTH: usize = 2;
 
@@ -80,6 +82,15 @@ impl Actor {
         self.elect(Input::Tick).await?;
         self.expire_acks();
         self.replicate();
+        // Anti-entropy: every few seconds a follower offers the controller a digest of its
+        // recent DAGs, so anything a lost message or a missed role change left behind is
+        // still pulled in.
+        self.ticks = self.ticks.wrapping_add(1);
+        if self.ticks.is_multiple_of(SYNC_EVERY_TICKS) && !self.election.is_leader() {
+            if let Some(leader) = self.election.leader().cloned() {
+                self.send_sync(&leader);
+            }
+        }
         for down in self.members.expire(self.clock_ms()) {
             tracing::info!(peer = %down, "peer is down (silent too long)");
             self.node_down(&down);

@@ -295,6 +295,8 @@ pub struct Actor {
     new_dags: HashSet<DagId>,
     /// Controller: submissions durable here, waiting for a follower's copy.
     pending_acks: Vec<replication::PendingAck>,
+    /// Election ticks since start (for periodic work).
+    ticks: u64,
     started: Instant,
     shutdown: CancellationToken,
 }
@@ -358,6 +360,7 @@ impl Actor {
             followers: HashMap::new(),
             new_dags: HashSet::new(),
             pending_acks: Vec::new(),
+            ticks: 0,
             started: Instant::now(),
             shutdown: parts.shutdown,
         };

@@ -25,6 +25,8 @@ use crate::mesh::{Batch, DagDelta, DagDigest, Id, Request, Response};
 const LOG_WINDOW: usize = 4096;
 /// Most batches in one Replicate request.
 const BATCHES_PER_SEND: usize = 16;
+/// Most DAGs (newest first) in one anti-entropy digest.
+const SYNC_DIGEST: usize = 1000;
 /// How long a submission waits for a replica before it is acknowledged anyway.
 const ACK_REPLICA_WAIT: Duration = Duration::from_secs(10);
 
@@ -307,7 +309,7 @@ impl Actor {
 
     /// Follower: tells the new controller which DAGs this node holds.
     pub(super) fn send_sync(&mut self, leader: &Id) {
-        let digest: Vec<DagDigest> = match self.store.list(10_000) {
+        let digest: Vec<DagDigest> = match self.store.list(SYNC_DIGEST) {
             Ok(list) => list
                 .into_iter()
                 .map(|(id, meta)| DagDigest {

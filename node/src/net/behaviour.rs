@@ -57,7 +57,13 @@ impl Behaviour {
         );
 
         let mdns = if config.mdns {
-            let mdns = mdns::tokio::Behaviour::new(mdns::Config::default(), local_peer_id)
+            // Query every 10 s (the default is 5 min): a node that comes back, or a link that
+            // heals, is found again within seconds.
+            let mdns_config = mdns::Config {
+                query_interval: std::time::Duration::from_secs(10),
+                ..mdns::Config::default()
+            };
+            let mdns = mdns::tokio::Behaviour::new(mdns_config, local_peer_id)
                 .map_err(|e| NetError::Config(format!("cannot start mDNS: {e}")))?;
             Some(mdns)
         } else {

@@ -103,6 +103,8 @@ struct StaticPeer {
     next_attempt: Instant,
     /// Delay before the next attempt after this one fails.
     backoff: Duration,
+    /// Learned through mDNS (forgotten when its record expires) rather than given by --peer.
+    from_mdns: bool,
 }
 
 impl StaticPeer {
@@ -115,6 +117,7 @@ impl StaticPeer {
             connected_at: None,
             next_attempt: now,
             backoff: REDIAL_MIN,
+            from_mdns: false,
         }
     }
 
@@ -857,6 +860,25 @@ impl EventLoop {
                 for (peer, addrs) in by_peer {
                     for addr in &addrs {
                         self.swarm.add_peer_address(peer, addr.clone());
+                        // Kept like a --peer address, so a connection that drops (a healed
+                        // partition, a restarted node) is redialled without waiting for the
+                        // record to expire and be discovered anew.
+                        let loopback = addr.iter().any(|p| {
+                            matches!(p, libp2p::multiaddr::Protocol::Ip4(ip) if ip.is_loopback())
+                                || matches!(p, libp2p::multiaddr::Protocol::Ip6(ip) if ip.is_loopback())
+                        });
+                        let known = self
+                            .static_peers
+                            .iter()
+                            .any(|sp| sp.peer == Some(peer) && sp.addr == *addr);
+                        if !loopback && !known {
+                            let mut sp = StaticPeer::new(addr, Instant::now());
+                            sp.peer = Some(peer);
+                            sp.from_mdns = true;
+                            // The dial below covers the first attempt.
+                            sp.next_attempt = Instant::now() + REDIAL_MAX;
+                            self.static_peers.push(sp);
+                        }
                     }
                     if self.swarm.is_connected(&peer) {
                         continue;
@@ -873,6 +895,10 @@ impl EventLoop {
             }
             BehaviourEvent::Mdns(mdns::Event::Expired(expired)) => {
                 debug!(?expired, "mDNS records expired");
+                for (peer, addr) in expired {
+                    self.static_peers
+                        .retain(|sp| !(sp.from_mdns && sp.peer == Some(peer) && sp.addr == addr));
+                }
             }
         }
     }
