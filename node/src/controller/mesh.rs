@@ -607,18 +607,7 @@ impl Actor {
                 break;
             };
             slots[i].1 -= 1;
-            let job = WireJob {
-                dag: a.dag,
-                task: a.task,
-                attempt: a.attempt,
-                module: a.module,
-                module_hash: a.module_hash,
-                argv: a.argv,
-                env: a.env,
-                stdin: a.stdin,
-                timeout_ms: a.timeout_ms,
-                memory_mb: a.memory_mb,
-            };
+            let job: WireJob = a;
             if node == self.me {
                 // Through the queue: a module this node lacks (it took over from a controller
                 // that had it) is fetched from a peer first.
@@ -828,7 +817,7 @@ impl Actor {
 }
 
 /// A DAG as this node's own store has it (a follower's replica).
-fn local_view(
+pub(super) fn local_view(
     store: &crate::store::Store,
     id: bx3_protocol::ids::DagId,
     tasks: bool,

@@ -724,14 +724,7 @@ impl Actor {
             v.coordinator = Some(self.me.clone());
             return Ok(v);
         }
-        let meta = self.store.meta(&id)?.ok_or(ControllerError::NotFound(id))?;
-        let spec = self.store.spec(&id)?.ok_or(ControllerError::NotFound(id))?;
-        let tasks = if with_tasks {
-            self.store.tasks(&id, spec.dag.tasks.len())?
-        } else {
-            Vec::new()
-        };
-        Ok(make_view(id, &meta, &spec, &tasks, with_tasks))
+        mesh::local_view(&self.store, id, with_tasks)
     }
 
     fn list(&self, limit: usize) -> Result<Vec<DagSummary>, ControllerError> {

@@ -16,8 +16,8 @@ use bx3_protocol::ids::DagId;
 
 use crate::store::{DagMeta, SpecRecord, TaskRecord};
 
-/// One task handed to an executor.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One task handed to an executor (on this node, or on a worker as `mesh::WireJob`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Assignment {
     pub dag: DagId,
     pub task: u32,

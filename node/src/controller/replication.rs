@@ -411,24 +411,25 @@ impl Actor {
 
     /// This node just won the controller role: take over every unfinished DAG from its copy.
     pub(super) fn take_over(&mut self) -> Result<(), StoreError> {
+        self.drop_controller_state();
+        self.recover()
+    }
+
+    /// Forgets the in-memory side of being (or having been) the controller; the store keeps
+    /// every DAG.
+    fn drop_controller_state(&mut self) {
         self.planner = super::planner::Planner::new();
         self.remote.clear();
         self.inflight.clear();
         self.followers.clear();
         self.repl_log.clear();
         self.new_dags.clear();
-        self.recover()
     }
 
     /// This node now follows another: drop the controller's working state (the store keeps
     /// everything), and hand the new controller what it may lack.
     pub(super) fn step_down(&mut self, leader: &Id) {
-        self.planner = super::planner::Planner::new();
-        self.remote.clear();
-        self.inflight.clear();
-        self.followers.clear();
-        self.repl_log.clear();
-        self.new_dags.clear();
+        self.drop_controller_state();
         for r in self.running.values_mut() {
             r.origin = super::Origin::Remote;
         }

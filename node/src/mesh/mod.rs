@@ -48,20 +48,8 @@ pub struct Announce {
     pub replica_seq: u64,
 }
 
-/// One task assigned to a worker. Inputs are already resolved.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct WireJob {
-    pub dag: DagId,
-    pub task: u32,
-    pub attempt: u32,
-    pub module: String,
-    pub module_hash: String,
-    pub argv: Vec<String>,
-    pub env: Vec<(String, String)>,
-    pub stdin: String,
-    pub timeout_ms: u64,
-    pub memory_mb: Option<u64>,
-}
+/// One task assigned to a worker, inputs already resolved: the planner's assignment as is.
+pub use crate::controller::planner::Assignment as WireJob;
 
 /// How an attempt ended on a worker.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
