@@ -161,11 +161,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
         min_free_ram_mb: config.min_free_ram_mb,
         max_executors: config.max_executors,
     };
-    if !config.peers.is_empty() || config.mdns {
-        tracing::info!(
-            "mesh networking is not part of this build yet: --peer / mDNS are accepted and ignored"
-        );
-    }
 
     let mut tasks = JoinSet::new();
     let (done_tx, done_rx) = mpsc::channel(4096);
