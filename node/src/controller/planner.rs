@@ -609,4 +609,78 @@ tasks:
             "outputs from before the crash are used"
         );
     }
+
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A random acyclic DAG (task i depends on a subset of tasks < i), a per-task outcome
+        /// script, and a number of executors.
+        fn case() -> impl Strategy<Value = (Vec<Vec<usize>>, Vec<Vec<bool>>, u32, usize)> {
+            (1usize..25, 0u32..3, 1usize..5).prop_flat_map(|(n, retries, execs)| {
+                let deps = (0..n)
+                    .map(|i| proptest::collection::vec(0..i.max(1), 0..i.min(3) + 1))
+                    .collect::<Vec<_>>();
+                // For each task: success or failure of its 1st, 2nd, ... attempt.
+                let script =
+                    proptest::collection::vec(proptest::collection::vec(any::<bool>(), 4), n);
+                (deps, script, Just(retries), Just(execs))
+            })
+        }
+
+        proptest! {
+            /// Random DAGs through validate + plan with random failures: every task ends in a
+            /// final state, never runs before its dependencies succeeded, never runs more than
+            /// retries + 1 times, is skipped exactly when an upstream task did not succeed, and
+            /// the DAG's final state says so.
+            #[test]
+            fn random_dags_run_to_a_consistent_end((deps, script, retries, execs) in case()) {
+                let n = deps.len();
+                let mut yaml = format!("name: r\ndefaults: {{retries: {retries}}}\ntasks:\n");
+                for (i, d) in deps.iter().enumerate() {
+                    let d: Vec<String> = d.iter().filter(|&&j| j < i).map(|j| format!("t{j}")).collect();
+                    yaml.push_str(&format!("  - {{id: t{i}, module: m.wasm, depends_on: [{}]}}\n", d.join(", ")));
+                }
+                let mut p = Planner::new();
+                let id = add(&mut p, &yaml, 9);
+                let mut running: Vec<Assignment> = Vec::new();
+                let mut runs = vec![0u32; n];
+                for _ in 0..10_000 {
+                    while running.len() < execs {
+                        let Some(a) = p.next_assignment("me") else { break };
+                        let run = p.run(&id).expect("run");
+                        for &d in &run.spec.dag.tasks[a.task as usize].deps {
+                            prop_assert_eq!(run.tasks[d as usize].state, TaskState::Succeeded, "ran before its dependency");
+                        }
+                        running.push(a);
+                    }
+                    let Some(a) = running.pop() else { break };
+                    let k = runs[a.task as usize] as usize;
+                    runs[a.task as usize] += 1;
+                    let ok = script[a.task as usize][k.min(3)];
+                    let outcome = if ok { Ok(format!("o{}", a.task)) } else { Err("boom".to_string()) };
+                    prop_assert!(p.on_result(id, a.task, a.attempt, outcome, 1));
+                }
+                let run = p.run(&id).expect("run");
+                prop_assert!(run.meta.state.is_terminal(), "DAG did not finish: {:?}", run.meta.state);
+                let mut ok = vec![false; n];
+                for i in 0..n {
+                    let t = &run.tasks[i];
+                    prop_assert!(t.state.is_terminal());
+                    prop_assert!(t.attempts <= retries + 1);
+                    prop_assert_eq!(t.attempts, runs[i]);
+                    let upstream_ok = run.spec.dag.tasks[i].deps.iter().all(|&d| ok[d as usize]);
+                    if upstream_ok {
+                        prop_assert!(matches!(t.state, TaskState::Succeeded | TaskState::Failed));
+                    } else {
+                        prop_assert_eq!(t.state, TaskState::Skipped);
+                    }
+                    ok[i] = t.state == TaskState::Succeeded;
+                }
+                let all_ok = ok.iter().all(|&b| b);
+                prop_assert_eq!(run.meta.state == DagState::Succeeded, all_ok);
+                prop_assert_eq!(run.meta.counts.done(), n as u64);
+            }
+        }
+    }
 }

@@ -405,4 +405,101 @@ mod tests {
             .expect("runtime")
             .block_on(f)
     }
+
+    mod model {
+        use super::*;
+        use proptest::prelude::*;
+        use std::collections::BTreeMap as Map;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Task {
+                dag: u8,
+                idx: u8,
+                state: u8,
+                attempts: u8,
+            },
+            Finish {
+                dag: u8,
+            },
+            Reopen,
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                6 => (0u8..3, 0u8..2, 0u8..6, 0u8..4).prop_map(|(dag, idx, state, attempts)| Op::Task { dag, idx, state, attempts }),
+                1 => (0u8..3).prop_map(|dag| Op::Finish { dag }),
+                1 => Just(Op::Reopen),
+            ]
+        }
+
+        fn state(n: u8) -> TaskState {
+            [
+                TaskState::Pending,
+                TaskState::Running,
+                TaskState::Succeeded,
+                TaskState::Failed,
+                TaskState::Skipped,
+                TaskState::Cancelled,
+            ][n as usize % 6]
+        }
+
+        fn open_retrying(path: &std::path::Path) -> Store {
+            (0..200)
+                .find_map(|_| {
+                    Store::open(path).ok().or_else(|| {
+                        std::thread::sleep(std::time::Duration::from_millis(25));
+                        None
+                    })
+                })
+                .expect("reopen within 5 s")
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(48))]
+            /// The store agrees with an in-memory model through any sequence of writes and
+            /// reopens (a flush before each reopen, as the controller flushes each round).
+            #[test]
+            fn store_matches_a_model_across_reopens(ops in proptest::collection::vec(op(), 1..40)) {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let ids: Vec<DagId> = (0..3).map(|i| DagId::new(100 + i, i as u32)).collect();
+                let mut store = Some(Store::open(dir.path()).expect("open"));
+                for id in &ids {
+                    store.as_ref().expect("open").insert_dag(id, &meta(DagState::Running), &spec()).expect("insert");
+                }
+                let mut tasks: Map<(u8, u8), TaskRecord> = Map::new();
+                let mut finished: Map<u8, bool> = Map::new();
+                for op in ops {
+                    match op {
+                        Op::Task { dag, idx, state: s, attempts } => {
+                            let rec = TaskRecord { state: state(s), attempts: u32::from(attempts), ..TaskRecord::default() };
+                            store.as_ref().expect("open").put_tasks([(ids[dag as usize], u32::from(idx), &rec)]).expect("put");
+                            tasks.insert((dag, idx), rec);
+                        }
+                        Op::Finish { dag } => {
+                            store.as_ref().expect("open").put_meta(&ids[dag as usize], &meta(DagState::Succeeded)).expect("meta");
+                            finished.insert(dag, true);
+                        }
+                        Op::Reopen => {
+                            let s = store.take().expect("open");
+                            futures_lite_block_on(s.flush()).expect("flush");
+                            drop(s);
+                            store = Some(open_retrying(dir.path()));
+                        }
+                    }
+                    let s = store.as_ref().expect("open");
+                    for (d, id) in ids.iter().enumerate() {
+                        let got = s.tasks(id, 2).expect("tasks");
+                        for i in 0..2u8 {
+                            let want = tasks.get(&(d as u8, i)).cloned().unwrap_or_default();
+                            prop_assert_eq!(&got[i as usize], &want);
+                        }
+                    }
+                    let unfinished: Vec<DagId> = s.unfinished().expect("scan");
+                    let want: Vec<DagId> = ids.iter().enumerate().filter(|(d, _)| !finished.contains_key(&(*d as u8))).map(|(_, id)| *id).collect();
+                    prop_assert_eq!(unfinished, want);
+                }
+            }
+        }
+    }
 }
