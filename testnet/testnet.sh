@@ -92,6 +92,28 @@ wait_api() {
   die "node $i did not start in 30 s (log: $state/node-$i/node.log)"
 }
 
+# Waits (at most 30 s) until every node sees all the others and names the same controller.
+wait_mesh() {
+  local n=$1
+  for _ in $(seq 1 300); do
+    local leaders="" ok=1
+    for ((i = 0; i < n; i++)); do
+      local line
+      line=$(cli "$i" status --json 2>/dev/null | python3 -c '
+import json, sys
+s = json.load(sys.stdin)
+print(s.get("leader") or "-", len(s.get("peers", [])))' 2>/dev/null) || { ok=0; break; }
+      [ "${line#* }" = "$((n - 1))" ] || { ok=0; break; }
+      leaders="$leaders ${line%% *}"
+    done
+    if [ "$ok" = 1 ] && [ "$(echo "$leaders" | tr ' ' '\n' | sed '/^$/d' | sort -u | wc -l)" = 1 ] && [[ "$leaders" != *" -"* ]]; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  echo "testnet: warning: the mesh did not agree on a controller within 30 s" >&2
+}
+
 netns_up() {
   local n=$1
   [ "$(id -u)" = 0 ] || die "--netns needs root (ip netns)"
@@ -143,6 +165,7 @@ cmd_up() {
   for ((i = 0; i < n; i++)); do start_node "$i"; done
   for ((i = 0; i < n; i++)); do wait_api "$i"; done
   for ((i = 0; i < n; i++)); do peer_id "$i" >"$state/node-$i/peer_id" || true; done
+  wait_mesh "$n"
   echo "testnet up: $n nodes ($m); state in $state"
   cmd_status
 }

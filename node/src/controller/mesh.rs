@@ -711,7 +711,7 @@ impl Actor {
                     // Below the request timeout, so a long poll ends with an answer.
                     let wait = wait.min(std::time::Duration::from_secs(25));
                     let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
-                    let r = call(
+                    let r = call_idempotent(
                         &net,
                         peer,
                         Request::GetDag {
@@ -746,7 +746,7 @@ impl Actor {
                 }
                 Command::List { limit, reply } => {
                     let limit = u32::try_from(limit).unwrap_or(u32::MAX);
-                    let r = call(&net, peer, Request::ListDags { limit })
+                    let r = call_idempotent(&net, peer, Request::ListDags { limit })
                         .await
                         .and_then(|resp| match resp {
                             Response::Dags(v) => Ok(v),
@@ -894,6 +894,23 @@ fn unexpected(resp: Response) -> ControllerError {
             status: 502,
             message: format!("unexpected answer from the controller: {other:?}"),
         },
+    }
+}
+
+/// `call` for requests that are safe to send twice: one retry after a short pause when the
+/// first attempt failed on the way (e.g. it went out on a duplicate connection that was being
+/// closed just as two nodes that dialled each other settled on one).
+async fn call_idempotent(
+    net: &net::Client,
+    peer: PeerId,
+    req: Request,
+) -> Result<Response, ControllerError> {
+    match call(net, peer, req.clone()).await {
+        Err(ControllerError::Remote { status: 502, .. }) => {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            call(net, peer, req).await
+        }
+        r => r,
     }
 }
 
