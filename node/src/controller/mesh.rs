@@ -235,6 +235,15 @@ impl Actor {
             Internal::ResultsUndelivered(mut results) => {
                 self.results_in_flight = false;
                 results.append(&mut self.results_out);
+                // Still bounded: the oldest go first if the controller stays out of reach.
+                let excess = results.len().saturating_sub(super::MAX_PENDING_RESULTS);
+                if excess > 0 {
+                    tracing::warn!(
+                        dropped = excess,
+                        "too many undelivered results; dropping the oldest"
+                    );
+                    results.drain(..excess);
+                }
                 self.results_out = results;
             }
             Internal::ModuleFetched { hash, error } => {
