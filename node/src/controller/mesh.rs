@@ -7,7 +7,7 @@ use std::time::Instant;
 use bx3_protocol::api::{ExecutorsView, PeerView, StatusView};
 use libp2p::PeerId;
 
-use super::{now_ms, Actor, Command, ControllerError, Internal, Origin};
+use super::{dispatch, now_ms, replication, Actor, Command, ControllerError, Internal, Origin};
 use crate::election::{Input, Output, RoleChange};
 use crate::mesh::serde_bytes_vec::Bytes;
 use crate::mesh::{self, Announce, Gossip, Id, Request, Response, WireJob, WireResult};
@@ -19,7 +19,7 @@ use crate::store::StoreError;
 /// inputs; large inputs are bounded by the wire limit itself).
 const ASSIGN_BATCH: usize = 256;
 /// How often a follower sends the controller a digest of its DAGs (100 ticks = 5 s).
-const SYNC_EVERY_TICKS: u64 = 100;
+pub(super) const SYNC_EVERY_TICKS: u64 = 100;
 /// Jobs the controller keeps in flight per remote executor (running + queued on the worker).
 const REMOTE_DEPTH: usize = 2;
 
@@ -60,7 +60,7 @@ impl Actor {
             RoleChange::Leader { term } => {
                 self.take_over()?;
                 tracing::info!(epoch = term.epoch, leader = %self.me, dags = self.planner.active_count(),
-                    peers = self.members.len(), replica_seq = self.repl_pos.seq, "this node is now the controller");
+                    peers = self.members.len(), replica_seq = self.replication.seq(), "this node is now the controller");
             }
             RoleChange::Follower { term, leader } => {
                 tracing::info!(epoch = term.epoch, %leader, "following controller");
@@ -69,6 +69,9 @@ impl Actor {
             }
             RoleChange::Candidate { term } => {
                 tracing::debug!(epoch = term.epoch, "standing for controller");
+                // Not the controller while standing: a stale planner must not go on writing
+                // over what a new controller replicates to us. Winning reloads it.
+                self.stand_down();
             }
         }
         let parked = std::mem::take(&mut self.parked);
@@ -110,19 +113,9 @@ impl Actor {
     /// (not counted as failed attempts: the task did nothing wrong).
     fn node_down(&mut self, node: &Id) {
         self.members.remove(node);
-        self.inflight.remove(node);
-        let lost: Vec<(bx3_protocol::ids::DagId, u32, u32)> = self
-            .remote
-            .iter()
-            .filter(|(_, (n, _))| n == node)
-            .map(|((d, t), (_, a))| (*d, *t, *a))
-            .collect();
-        for (dag, task, attempt) in &lost {
-            self.remote.remove(&(*dag, *task));
-            self.planner.requeue(*dag, *task, *attempt);
-        }
-        if !lost.is_empty() {
-            tracing::info!(peer = %node, tasks = lost.len(), "re-queued the tasks of a lost node");
+        let lost = self.remote.node_down(&mut self.planner, node);
+        if lost > 0 {
+            tracing::info!(peer = %node, tasks = lost, "re-queued the tasks of a lost node");
         }
     }
 
@@ -137,7 +130,7 @@ impl Actor {
             min_free_ram_mb: self.info.min_free_ram_mb,
             leader: self.election.leader().cloned(),
             addrs: self.listen_addrs.clone(),
-            replica_seq: self.repl_pos.seq,
+            replica_seq: self.replication.seq(),
         };
         self.publish(&Gossip::Announce(a)).await;
     }
@@ -218,20 +211,15 @@ impl Actor {
         match msg {
             Internal::AssignFailed { node, jobs, reason } => {
                 tracing::info!(peer = %node, jobs = jobs.len(), "assignment failed ({reason}); re-queueing");
-                for j in jobs {
-                    if self.remote.get(&(j.dag, j.task)).map(|(n, a)| (n, *a))
-                        == Some((&node, j.attempt))
-                    {
-                        self.remote.remove(&(j.dag, j.task));
-                        if let Some(n) = self.inflight.get_mut(&node) {
-                            *n = n.saturating_sub(1);
-                        }
-                        self.planner.requeue(j.dag, j.task, j.attempt);
-                    }
-                }
+                self.remote.refused(&mut self.planner, &node, &jobs);
             }
             Internal::ResultsDelivered => self.results_in_flight = false,
             Internal::ReplicaAnswer { node, answer } => self.replica_answer(node, answer),
+            Internal::Synced(ids) => {
+                for (reply, id) in self.pending_acks.release_ids(&ids) {
+                    let _ = reply.send(Ok(id));
+                }
+            }
             Internal::ResultsUndelivered(mut results) => {
                 self.results_in_flight = false;
                 results.append(&mut self.results_out);
@@ -398,7 +386,9 @@ impl Actor {
             },
             Request::Sync { digest } => {
                 if leader {
-                    self.sync_want(digest)?
+                    Response::SyncWant {
+                        ids: replication::sync_want(&self.store, &self.planner, &digest)?,
+                    }
                 } else {
                     Response::NotLeader {
                         leader: self.election.leader().cloned(),
@@ -407,7 +397,7 @@ impl Actor {
             }
             Request::Push { dags } => {
                 if leader {
-                    self.merge_pushed(&from, dags)?;
+                    self.merge_pushed(&from, dags).await?;
                     Response::Ok
                 } else {
                     Response::NotLeader {
@@ -563,20 +553,9 @@ impl Actor {
 
     /// A result from a worker, on the controller.
     fn remote_result(&mut self, from: &Id, r: WireResult) {
-        if let Some((node, attempt)) = self.remote.get(&(r.dag, r.task)) {
-            if *attempt == r.attempt {
-                let node = node.clone();
-                self.remote.remove(&(r.dag, r.task));
-                if let Some(n) = self.inflight.get_mut(&node) {
-                    *n = n.saturating_sub(1);
-                }
-            }
-        }
-        if !self
-            .planner
-            .on_result(r.dag, r.task, r.attempt, r.outcome, now_ms())
-        {
-            tracing::debug!(peer = %from, dag = %r.dag, task = r.task, attempt = r.attempt, "stale result ignored");
+        let (dag, task, attempt) = (r.dag, r.task, r.attempt);
+        if !self.remote.result(&mut self.planner, r, now_ms()) {
+            tracing::debug!(peer = %from, %dag, task, attempt, "stale result ignored");
         }
     }
 
@@ -604,28 +583,18 @@ impl Actor {
             // Keep a second job queued behind each remote executor, so a worker never idles
             // for a network round trip between two tasks.
             let total = m.announce.executors_total as usize * REMOTE_DEPTH;
-            let used = self.inflight.get(id).copied().unwrap_or(0);
+            let used = self.remote.in_flight(id);
             slots.push((id.clone(), total.saturating_sub(used), total));
         }
         let mut batches: HashMap<Id, Vec<WireJob>> = HashMap::new();
-        // Least busy first (by fraction of executors in use), so load spreads over the mesh
-        // instead of filling one node before the next.
-        while let Some(i) = least_busy(&slots) {
-            let node = slots[i].0.clone();
-            let Some(a) = self.planner.next_assignment(&node) else {
-                break;
-            };
-            slots[i].1 -= 1;
-            let job: WireJob = a;
+        for (node, job) in dispatch::plan(&mut self.planner, slots) {
             if node == self.me {
                 // Through the queue: a module this node lacks (it took over from a controller
                 // that had it) is fetched from a peer first.
                 let me = self.me.clone();
                 self.enqueue_job(job, &me);
             } else {
-                self.remote
-                    .insert((job.dag, job.task), (node.clone(), job.attempt));
-                *self.inflight.entry(node.clone()).or_default() += 1;
+                self.remote.assigned(&node, &job);
                 batches.entry(node).or_default().push(job);
             }
         }
@@ -794,10 +763,9 @@ impl Actor {
                 },
                 addrs: m.announce.addrs.clone(),
                 replica_seq: m.announce.replica_seq,
-                replica_behind: self.repl_pos.seq.saturating_sub(
-                    self.followers
-                        .get(id)
-                        .map(|f| f.acked())
+                replica_behind: self.replication.seq().saturating_sub(
+                    self.replication
+                        .follower_acked(id)
                         .unwrap_or(m.announce.replica_seq)
                         .max(m.announce.replica_seq),
                 ),
@@ -820,7 +788,7 @@ impl Actor {
             peers,
             version: env!("CARGO_PKG_VERSION").to_string(),
             dags_active: self.planner.active_count() as u64,
-            replica_seq: self.repl_pos.seq,
+            replica_seq: self.replication.seq(),
         }
     }
 }
@@ -839,21 +807,6 @@ pub(super) fn local_view(
         Vec::new()
     };
     Ok(super::make_view(id, &meta, &spec, &records, tasks))
-}
-
-/// Index of the node with free slots and the smallest fraction of them in use (ties by id,
-/// so the choice is deterministic).
-fn least_busy(slots: &[(Id, usize, usize)]) -> Option<usize> {
-    slots
-        .iter()
-        .enumerate()
-        .filter(|(_, (_, free, _))| *free > 0)
-        .min_by(|(_, a), (_, b)| {
-            let fa = (a.2 - a.1) as f64 / a.2 as f64;
-            let fb = (b.2 - b.1) as f64 / b.2 as f64;
-            fa.total_cmp(&fb).then_with(|| a.0.cmp(&b.0))
-        })
-        .map(|(i, _)| i)
 }
 
 fn respond(reply: tokio::sync::oneshot::Sender<Vec<u8>>, resp: &Response) {

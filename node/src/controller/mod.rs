@@ -18,9 +18,12 @@
 //! changes as one batch with one flush (group commit) and only then acknowledges
 //! submissions. Requests to peers are spawned so the actor never waits on the network.
 
+mod dispatch;
 mod mesh;
 pub mod planner;
 mod replication;
+#[cfg(test)]
+mod sim;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -32,10 +35,10 @@ use libp2p::PeerId;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::election::{self, Election, LogPos};
+use crate::election::{self, Election};
 use crate::executor::{self, frame::Request as ExecRequest, sizing::Capacity, Done, Job, Pool};
 use crate::mesh::members::Members;
-use crate::mesh::{Batch, Id, Response, WireJob, WireResult};
+use crate::mesh::{Id, Response, WireJob, WireResult};
 use crate::net;
 use crate::store::{DagMeta, ModuleStore, SpecRecord, Store, StoreError, TaskRecord};
 use planner::Planner;
@@ -60,6 +63,10 @@ pub enum ControllerError {
     AlreadyFinished(DagId, &'static str),
     #[error("no controller has been elected yet; try again in a moment")]
     NoLeader,
+    /// Stored by the controller, but no second node confirmed a copy in time: the DAG is
+    /// accepted and will run, it is just not yet safe from the loss of one node.
+    #[error("DAG {0} is stored on the controller and will run, but no other node confirmed a copy within 30 s, so it would not survive the loss of that node; follow it with `bx3-node dag {0}` (do not resubmit)")]
+    NotReplicated(DagId),
     /// The controller answered with an error (its HTTP status is kept).
     #[error("{message}")]
     Remote { status: u16, message: String },
@@ -74,6 +81,7 @@ impl ControllerError {
             ControllerError::NotFound(_) => 404,
             ControllerError::AlreadyFinished(..) => 409,
             ControllerError::Stopped | ControllerError::NoLeader => 503,
+            ControllerError::NotReplicated(_) => 504,
             ControllerError::Remote { status, .. } => *status,
             ControllerError::Store(_) => 500,
         }
@@ -215,6 +223,8 @@ enum Internal {
         node: Id,
         answer: Result<Response, String>,
     },
+    /// The controller now holds these DAGs of ours (it had them, or took our push).
+    Synced(HashSet<DagId>),
     /// A module fetched from a peer is now in the module store (or could not be fetched).
     ModuleFetched { hash: String, error: Option<String> },
 }
@@ -276,8 +286,7 @@ pub struct Actor {
     peers: HashMap<Id, PeerId>,
     listen_addrs: Vec<String>,
     /// Controller side: tasks running on other nodes, and how many per node.
-    remote: HashMap<(DagId, u32), (Id, u32)>,
-    inflight: HashMap<Id, usize>,
+    remote: dispatch::Remote,
     /// Worker side: assigned jobs waiting for a free executor or for their module.
     queue: VecDeque<WireJob>,
     waiting_module: HashMap<String, Vec<WireJob>>,
@@ -285,16 +294,10 @@ pub struct Actor {
     results_out: Vec<WireResult>,
     /// Whether a Results request is on its way (one at a time keeps them ordered).
     results_in_flight: bool,
-    /// How far this node's copy of the controller's state goes (term, seq).
-    repl_pos: LogPos<Id>,
-    /// Controller: recent batches, for followers a little behind.
-    repl_log: VecDeque<Arc<Batch>>,
-    /// Controller: each follower's replication progress.
-    followers: HashMap<Id, replication::Follower>,
-    /// Controller: DAGs accepted since the last batch (their spec goes into it).
-    new_dags: HashSet<DagId>,
-    /// Controller: submissions durable here, waiting for a follower's copy.
-    pending_acks: Vec<replication::PendingAck>,
+    /// This node's copy of the controller's state: position, and (as controller) followers.
+    replication: replication::Replication,
+    /// Submissions durable here, waiting for a second node's copy.
+    pending_acks: replication::PendingAcks<Reply<DagId>>,
     /// Election ticks since start (for periodic work).
     ticks: u64,
     started: Instant,
@@ -349,17 +352,13 @@ impl Actor {
             members: Members::new(),
             peers: HashMap::new(),
             listen_addrs: Vec::new(),
-            remote: HashMap::new(),
-            inflight: HashMap::new(),
+            remote: dispatch::Remote::default(),
             queue: VecDeque::new(),
             waiting_module: HashMap::new(),
             results_out: Vec::new(),
             results_in_flight: false,
-            repl_pos,
-            repl_log: VecDeque::new(),
-            followers: HashMap::new(),
-            new_dags: HashSet::new(),
-            pending_acks: Vec::new(),
+            replication: replication::Replication::new(repl_pos),
+            pending_acks: replication::PendingAcks::default(),
             ticks: 0,
             started: Instant::now(),
             shutdown: parts.shutdown,
@@ -397,7 +396,7 @@ impl Actor {
 
     pub async fn run(mut self) -> Result<(), StoreError> {
         // Unfinished DAGs are resumed by whichever node becomes the controller (take_over).
-        let pos = self.repl_pos.clone();
+        let pos = self.replication.pos().clone();
         self.elect(election::Input::LogPos(pos)).await?;
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -573,7 +572,7 @@ impl Actor {
             },
         };
         self.store.insert_dag(&id, &meta, &spec)?;
-        self.new_dags.insert(id);
+        self.replication.accepted(id);
         tracing::info!(dag = %id, name = %meta.name, tasks = n, "DAG accepted");
         self.planner.add(id, meta, Arc::new(spec), Vec::new());
         Ok(id)
@@ -582,15 +581,7 @@ impl Actor {
     fn cancel(&mut self, id: DagId) -> Result<DagView, ControllerError> {
         match self.planner.cancel(id, now_ms()) {
             Some(running) => {
-                let mut abort_remote: HashMap<Id, Vec<u32>> = HashMap::new();
-                for task in running {
-                    if let Some((node, _)) = self.remote.remove(&(id, task)) {
-                        if let Some(n) = self.inflight.get_mut(&node) {
-                            *n = n.saturating_sub(1);
-                        }
-                        abort_remote.entry(node).or_default().push(task);
-                    }
-                }
+                let abort_remote = self.remote.cancelled(id, &running);
                 for r in self
                     .running
                     .iter()
@@ -598,7 +589,7 @@ impl Actor {
                 {
                     r.1.token.cancel();
                 }
-                for node in abort_remote.into_keys() {
+                for node in abort_remote {
                     self.spawn_request(&node, crate::mesh::Request::Abort { dag: id }, |_| None);
                 }
                 tracing::info!(dag = %id, "DAG cancelled");
@@ -677,7 +668,11 @@ impl Actor {
     /// Writes what changed, flushes once, then acknowledges submissions and wakes watchers.
     async fn persist(&mut self) -> Result<(), StoreError> {
         let dirty = self.planner.take_dirty();
-        if dirty.tasks.is_empty() && dirty.runs.is_empty() && self.acks.is_empty() {
+        if dirty.tasks.is_empty()
+            && dirty.runs.is_empty()
+            && self.acks.is_empty()
+            && !self.replication.has_unsent()
+        {
             return Ok(());
         }
         let records: Vec<(DagId, u32, &TaskRecord)> = dirty
@@ -690,7 +685,9 @@ impl Actor {
             .collect();
         self.store.put_tasks(records)?;
         if self.election.is_leader() {
-            self.make_batch(&dirty)?;
+            let term = self.election.term().cloned();
+            self.replication
+                .make_batch(&self.store, &self.planner, &dirty, term)?;
         }
         let mut finished = Vec::new();
         for id in &dirty.runs {
@@ -708,6 +705,7 @@ impl Actor {
         self.replicate();
         for id in finished {
             if let Some(run) = self.planner.evict(&id) {
+                self.replication.finished(id);
                 let c = run.meta.counts;
                 tracing::info!(dag = %id, name = %run.meta.name, state = run.meta.state.as_str(),
                     succeeded = c.succeeded, failed = c.failed, skipped = c.skipped, cancelled = c.cancelled,

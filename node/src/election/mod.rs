@@ -66,7 +66,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 #[cfg(test)]
-mod sim;
+pub(crate) mod sim;
 
 /// A message from an epoch more than this far ahead of ours is ignored as garbage. Why: no
 /// real mesh runs four billion elections, and adopting an epoch near `u64::MAX` would leave

@@ -44,7 +44,7 @@ const TRACE_KEEP: usize = 60;
 
 /// splitmix64 behind `rand`'s traits: the simulator draws millions of numbers and the
 /// ChaCha-based `StdRng` is slow in debug builds.
-struct Rng64(u64);
+pub(crate) struct Rng64(pub(crate) u64);
 
 impl RngCore for Rng64 {
     fn next_u32(&mut self) -> u32 {

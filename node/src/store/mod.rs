@@ -131,6 +131,22 @@ impl Store {
         })
     }
 
+    /// A store that lives as long as the handle (simulations and tests).
+    #[cfg(test)]
+    pub fn temporary() -> Result<Store, StoreError> {
+        let db = sled::Config::new()
+            .temporary(true)
+            .flush_every_ms(None)
+            .open()?;
+        Ok(Store {
+            dags: db.open_tree(DAGS)?,
+            specs: db.open_tree(SPECS)?,
+            tasks: db.open_tree(TASKS)?,
+            meta: db.open_tree(META)?,
+            db,
+        })
+    }
+
     /// Records a new DAG. The spec goes first: a crash in between leaves a spec without meta,
     /// which `unfinished()` never sees, rather than a meta without its spec.
     pub fn insert_dag(

@@ -178,8 +178,9 @@ impl TestNode {
         );
         assert!(
             out.status.success(),
-            "submit failed: {}",
-            String::from_utf8_lossy(&out.stderr)
+            "submit failed: {}\nnode log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
         );
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
         v["id"].as_str().expect("id").to_string()
