@@ -4,6 +4,12 @@
 Starts real bx3-node processes on 127.0.0.1 only (--no-mdns, explicit --peer), measures each
 figure several times, and prints a table of medians with min/max. Every node it starts is
 stopped by pid. Sizes shrink with --smoke (used by CI so this script cannot rot).
+
+Sections (--only): single (throughput 2,000 and 10,000 no-op tasks + fan-in, submit to first
+task start, one-task latency parts on a lone node), mesh (the same on 3 nodes, follower
+latency p50/p99, one-task parts at the controller and at a follower), scale (one 100,000-task
+DAG on a fresh 3-node mesh: accept, first task, finish, peak RSS), convergence (3 and 10
+nodes, failover), executors (scale reaction, idle cost).
 """
 
 import argparse
@@ -17,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -44,6 +51,118 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def proc_kb(pid, field):
+    """A field of /proc/PID/status in kB (VmRSS, VmHWM), or 0 if the process is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def descendants(pid):
+    """pid and every live process below it (the node's executor processes)."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo and len(out) < 10_000:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+class RssSampler:
+    """Samples VmRSS of each node process plus its executor processes every `period` s in a
+    background thread; keeps the largest sum per node and the largest sum over all nodes."""
+
+    def __init__(self, nodes, period=0.5):
+        self.nodes, self.period = nodes, period
+        self.max_node = [0] * len(nodes)
+        self.max_total = 0
+        self.samples = 0
+        self.stop_flag = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def sample(self):
+        total = 0
+        for i, n in enumerate(self.nodes):
+            kb = sum(proc_kb(p, "VmRSS") for p in descendants(n.proc.pid))
+            self.max_node[i] = max(self.max_node[i], kb)
+            total += kb
+        self.max_total = max(self.max_total, total)
+        self.samples += 1
+
+    def run(self):
+        deadline = time.time() + 3600
+        while not self.stop_flag.is_set() and time.time() < deadline:
+            self.sample()
+            self.stop_flag.wait(self.period)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop_flag.set()
+        self.thread.join(timeout=30)
+        self.sample()
+
+
+class FirstStart:
+    """Watches, from a background thread, for the first sign of a DAG (found by its unique
+    name) on `node` (the controller: it answers from its live state without forwarding), by
+    polling GET /v1/dags?limit=1 every ~2 ms from `t0` (perf_counter) on; so it sees tasks
+    start even while the POST that submitted the DAG has not been answered yet. Records the
+    seconds from t0 to the first answer listing the DAG, showing a task assigned
+    (`counts.running + succeeded + failed > 0`), and showing a task succeeded."""
+
+    def __init__(self, node, name, t0, limit=120):
+        self.node, self.name, self.t0, self.limit = node, name, t0, limit
+        self.seen = self.started = self.succeeded = None
+        self.stop_flag = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self):
+        while not self.stop_flag.is_set() and time.perf_counter() - self.t0 < self.limit:
+            try:
+                dags = http("GET", f"{self.node.api}/v1/dags?limit=1", timeout=10)
+            except (urllib.error.URLError, OSError):
+                dags = []
+            now = time.perf_counter() - self.t0
+            for d in dags or []:
+                if d["name"] != self.name:
+                    continue
+                c = d["counts"]
+                if self.seen is None:
+                    self.seen = now
+                if self.started is None and c["running"] + c["succeeded"] + c["failed"] > 0:
+                    self.started = now
+                if self.succeeded is None and c["succeeded"] > 0:
+                    self.succeeded = now
+                    return
+            time.sleep(0.002)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop_flag.set()
+        self.thread.join(timeout=30)
 
 
 class Node:
@@ -166,6 +285,17 @@ class Bench:
             time.sleep(0.01)
         raise RuntimeError("no agreed leader")
 
+    def controller(self, nodes):
+        leader = self.wait_leader(nodes)
+        return next(n for n in nodes if n.status()["peer_id"] == leader)
+
+    def follower(self, nodes):
+        """The last node that is not the controller (the node itself when alone)."""
+        if len(nodes) == 1:
+            return nodes[0]
+        leader = self.wait_leader(nodes)
+        return next(n for n in reversed(nodes) if n.status()["peer_id"] != leader)
+
     @staticmethod
     def wait_peers(nodes, limit=30):
         deadline = time.time() + limit
@@ -177,18 +307,30 @@ class Bench:
         raise RuntimeError("mesh did not form")
 
     @staticmethod
-    def fanout_yaml(n):
-        lines = ["name: fanout", "tasks:"]
+    def fanout_yaml(n, fanin="deps", name="fanout"):
+        """n independent no-op tasks and one fan-in task `join`.
+
+        fanin="deps": `join` lists every task in depends_on and has no inputs (argv is just
+        the module name). fanin="inputs": `join` also takes every output as an input
+        (`inputs: [t0, t1, ...]`, the whole-output form: n argv entries, empty for noop)."""
+        lines = [f"name: {name}", "tasks:"]
         for i in range(n):
             lines.append(f"  - {{id: t{i}, module: noop.wasm}}")
         deps = ", ".join(f"t{i}" for i in range(n))
-        lines.append(f"  - {{id: join, module: noop.wasm, depends_on: [{deps}]}}")
+        extra = f", inputs: [{deps}]" if fanin == "inputs" else ""
+        lines.append(f"  - {{id: join, module: noop.wasm, depends_on: [{deps}]{extra}}}")
         return "\n".join(lines) + "\n"
+
+    @staticmethod
+    def wait_timed(node, dag_id, t_send, limit=600):
+        """wait(), plus the perf_counter seconds from t_send to the answer showing it finished."""
+        v = Bench.wait(node, dag_id, limit)
+        return v, time.perf_counter() - t_send
 
     # --- measurements --------------------------------------------------------------------
 
     def throughput(self, nodes, size, label, runs):
-        submit_at = nodes[-1]
+        submit_at = self.follower(nodes)
         h = self.upload(submit_at, "noop.wasm")
         yaml = self.fanout_yaml(size)
         rates, accept = [], []
@@ -202,8 +344,136 @@ class Bench:
         self.row(f"throughput {size}+1 no-op tasks, {label}", rates, "tasks/s", "accept to finish, server clock")
         self.row(f"accept (durable) {size}+1-task DAG, {label}", accept, "ms", "POST /v1/dags round trip")
 
+    def throughput_first(self, nodes, size, label, runs):
+        """Throughput of a large fan-out (+ fan-in), and how long after the POST is sent its
+        first task starts (watched at the controller, see FirstStart)."""
+        submit_at = self.follower(nodes)
+        watch_at = self.controller(nodes)
+        h = self.upload(submit_at, "noop.wasm")
+        rates, accept, seen, started, succeeded = [], [], [], [], []
+        for k in range(runs):
+            name = f"fanout-{size}-{k}-{os.getpid()}-{time.time_ns() % 10**9}"
+            body = {"yaml": self.fanout_yaml(size, name=name), "modules": {"noop.wasm": h}}
+            t = time.perf_counter()
+            with FirstStart(watch_at, name, t) as w:
+                r = http("POST", submit_at.api + "/v1/dags", body, timeout=300)
+                accept.append((time.perf_counter() - t) * 1000)
+                w.thread.join(timeout=120)
+            v = self.wait(submit_at, r["id"])
+            assert v["state"] == "succeeded", v
+            assert w.succeeded is not None, f"the controller never listed {name} with a task succeeded"
+            ms = max(1, v["finished_at_ms"] - v["created_at_ms"])
+            rates.append((size + 1) / (ms / 1000.0))
+            for xs, x in ((seen, w.seen), (started, w.started), (succeeded, w.succeeded)):
+                if x is not None:
+                    xs.append(x * 1000)
+        where = "at the controller" if watch_at is submit_at else "at the controller, submitted at a follower"
+        self.row(f"throughput {size}+1 no-op tasks, {label}", rates, "tasks/s", "accept to finish, server clock")
+        self.row(f"accept (durable) {size}+1-task DAG, {label}", accept, "ms", "POST /v1/dags round trip")
+        note = f"POST sent to first GET /v1/dags?limit=1 {where} (polled every ~2 ms during the POST) showing "
+        self.row(f"submit to DAG listed, {size}+1-task DAG, {label}", seen, "ms", note + "the DAG")
+        self.row(f"submit to first task start, {size}+1-task DAG, {label}", started, "ms",
+                 note + "counts.running+succeeded > 0 (a task assigned to an executor)")
+        self.row(f"submit to first task succeeded, {size}+1-task DAG, {label}", succeeded, "ms",
+                 note + "counts.succeeded > 0")
+
+    def scale(self, nodes, size, fanin="deps"):
+        """One big DAG (fan-out + fan-in) submitted at a follower of a fresh mesh: accept time,
+        first task start, finish time, peak memory of every node."""
+        submit_at = self.follower(nodes)
+        watch_at = self.controller(nodes)
+        h = self.upload(submit_at, "noop.wasm")
+        name = f"scale-{size}-{os.getpid()}"
+        yaml = self.fanout_yaml(size, fanin, name)
+        body = {"yaml": yaml, "modules": {"noop.wasm": h}}
+        label = f"{size:,}+1 tasks, 3 nodes x 2 executors"
+        print(f"  submitting {label} ({len(yaml) / 1e6:.1f} MB of YAML, fan-in {fanin})", file=sys.stderr, flush=True)
+        with RssSampler(nodes) as sampler:
+            t = time.perf_counter()
+            with FirstStart(watch_at, name, t, limit=600) as w:
+                try:
+                    r = http("POST", submit_at.api + "/v1/dags", body, timeout=600)
+                except urllib.error.HTTPError as e:
+                    raise RuntimeError(f"scale DAG refused: HTTP {e.code}: {e.read()[:2000]!r}")
+                accept = (time.perf_counter() - t) * 1000
+                print(f"  accepted in {accept:.0f} ms", file=sys.stderr, flush=True)
+                w.thread.join(timeout=600)
+            v, done = self.wait_timed(submit_at, r["id"], t, limit=1800)
+        if v["state"] != "succeeded":
+            raise RuntimeError(f"scale DAG ended {v['state']}: {json.dumps(v)[:2000]}")
+        fanin_note = ("fan-in: join has depends_on on all tasks, no inputs" if fanin == "deps"
+                      else "fan-in: join has depends_on and inputs naming all tasks")
+        self.row(f"scale: accept (durable) {label}", [accept], "ms", f"POST /v1/dags at a follower; {fanin_note}")
+        note = "POST sent to first GET /v1/dags?limit=1 at the controller (polled every ~2 ms) showing "
+        for what, x, shows in (("DAG listed", w.seen, "the DAG"),
+                               ("first task start", w.started, "counts.running+succeeded > 0"),
+                               ("first task succeeded", w.succeeded, "counts.succeeded > 0")):
+            if x is not None:
+                self.row(f"scale: submit to {what}, {label}", [x * 1000], "ms", note + shows)
+        self.row(f"scale: submit to finish, {label}", [done * 1000], "ms",
+                 "POST sent to long poll at the submit node showing succeeded, client clock")
+        ms = max(1, v["finished_at_ms"] - v["created_at_ms"])
+        self.row(f"scale: throughput, {label}", [(size + 1) / (ms / 1000.0)], "tasks/s",
+                 "accept to finish, server clock")
+        for i, n in enumerate(nodes):
+            role = ("controller" if n is watch_at else "follower") + (", submitted here" if n is submit_at else "")
+            self.row(f"scale: peak RSS (VmHWM) of bx3-node process, {role}", [proc_kb(n.proc.pid, "VmHWM") / 1024],
+                     "MB", "node process only, read at the end; the mesh was fresh")
+            self.row(f"scale: max sampled RSS node + executors, {role}", [sampler.max_node[i] / 1024], "MB",
+                     f"VmRSS summed over the process tree every 0.5 s ({sampler.samples} samples)")
+        self.row("scale: max sampled RSS, all 3 nodes + executors", [sampler.max_total / 1024], "MB",
+                 "largest per-sample sum over the 3 process trees")
+
+    def breakdown(self, lone, nodes, samples):
+        """Parts of one-task latency that can be told apart from outside: the same series at
+        a lone node (no forwarding, no replica), at the controller of 3 nodes (a replica, no
+        forwarding) and at a follower of 3 nodes (both). Differences between the series are
+        the forwarding and replica costs; fsync, assignment and result delivery are not
+        visible separately from outside."""
+        yaml = "name: one\ntasks:\n  - {id: t, module: noop.wasm}\n"
+
+        def series(node, what, read_note, accept_note):
+            h = self.upload(node, "noop.wasm")
+            self.wait(node, self.submit(node, yaml, {"noop.wasm": h})[0])  # warm: module compiled
+            status, submit, total, read = [], [], [], []
+            for _ in range(samples):
+                t = time.perf_counter()
+                node.status()
+                status.append((time.perf_counter() - t) * 1000)
+            for _ in range(samples):
+                t = time.perf_counter()
+                dag_id, took = self.submit(node, yaml, {"noop.wasm": h})
+                v = self.wait(node, dag_id)
+                total.append((time.perf_counter() - t) * 1000)
+                submit.append(took * 1000)
+                assert v["state"] == "succeeded", v
+                t = time.perf_counter()
+                http("GET", f"{node.api}/v1/dags/{dag_id}?tasks=false")
+                read.append((time.perf_counter() - t) * 1000)
+            rest = [a - b for a, b in zip(total, submit)]
+            self.row(f"one-task {what}: GET /v1/status", status, "ms",
+                     "HTTP + node actor round trip, answered by the node itself (HTTP floor)")
+            self.row(f"one-task {what}: GET finished DAG", read, "ms", read_note)
+            self.row(f"one-task {what}: POST answered (durable accept)", submit, "ms", accept_note)
+            self.row(f"one-task {what}: POST answered to result seen", rest, "ms",
+                     "per sample total - accept: assignment + execution + result + store + long poll "
+                     "(the task may already run before the POST is answered)")
+            self.row(f"one-task {what}: submit to result", total, "ms", "POST sent to long poll showing succeeded")
+
+        if lone is not None:
+            series(lone[0], "lone node", "tasks=false, answered locally",
+                   "parse + validate + store + flush; no forwarding, no replica")
+        if nodes is not None:
+            at_leader = self.controller(nodes)
+            follower = self.follower(nodes)
+            series(at_leader, "3 nodes, at the controller", "tasks=false, answered locally",
+                   "parse + validate + store + flush + one follower's copy (replication round trip)")
+            series(follower, "3 nodes, at a follower",
+                   "tasks=false, forwarded to the controller over libp2p and back",
+                   "parse + forward to the controller + its store/flush + one follower's copy")
+
     def latency(self, nodes, samples):
-        follower = nodes[-1]
+        follower = self.follower(nodes)
         h = self.upload(follower, "noop.wasm")
         yaml = "name: one\ntasks:\n  - {id: t, module: noop.wasm}\n"
         self.submit(follower, yaml, {"noop.wasm": h})  # warm: module fetched and compiled
@@ -304,22 +574,44 @@ class Bench:
         self.row("executor scale reaction (RAM change to new count)", times, "ms", "re-evaluated every 3 s")
 
     def idle(self, seconds):
-        n = self.node(2)
-        time.sleep(1)
-        pid = n.proc.pid
+        """CPU and RSS of idle nodes over `seconds`: a lone node, then each node of an idle
+        3-node mesh (controller heartbeats, announces, replication checks, gossip)."""
         tick = os.sysconf("SC_CLK_TCK")
 
-        def cpu():
+        def cpu(pid):
             f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
             return (int(f[11]) + int(f[12])) / tick
 
-        c0, t0 = cpu(), time.time()
-        time.sleep(seconds)
-        c1, t1 = cpu(), time.time()
-        rss = int([l for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS")][0].split()[1]) / 1024
-        self.row(f"idle node CPU over {seconds} s", [100 * (c1 - c0) / (t1 - t0)], "%", "target < 1 %")
-        self.row("idle node RSS", [rss], "MB", "target < 50 MB")
+        def measure(nodes):
+            c0, t0 = [cpu(n.proc.pid) for n in nodes], time.time()
+            time.sleep(seconds)
+            c1, t1 = [cpu(n.proc.pid) for n in nodes], time.time()
+            pct = [100 * (b - a) / (t1 - t0) for a, b in zip(c0, c1)]
+            rss = [proc_kb(n.proc.pid, "VmRSS") / 1024 for n in nodes]
+            return pct, rss
+
+        one = [self.node(2)]
+        self.wait_leader(one)
+        time.sleep(1)
+        pct, rss = measure(one)
+        self.row(f"idle lone node CPU over {seconds} s", pct, "%", "target < 1 %")
+        self.row("idle lone node RSS", rss, "MB", "target < 50 MB")
         self.stop_all()
+        three = self.mesh(3, 2)
+        leader = self.wait_leader(three)
+        self.wait_peers(three)
+        time.sleep(2)
+        pct, rss = measure(three)
+        ids = [n.status()["peer_id"] for n in three]
+        ctl = [p for p, i in zip(pct, ids) if i == leader]
+        fol = [p for p, i in zip(pct, ids) if i != leader]
+        self.row(f"idle 3-node mesh: controller CPU over {seconds} s", ctl, "%", "target < 1 %")
+        self.row(f"idle 3-node mesh: follower CPU over {seconds} s", fol, "%", "target < 1 %; one value per follower")
+        self.row("idle 3-node mesh: RSS per node", rss, "MB", "target < 50 MB")
+        self.stop_all()
+
+
+SECTIONS = ("single", "mesh", "scale", "convergence", "executors")
 
 
 def main():
@@ -327,31 +619,55 @@ def main():
     ap.add_argument("--bin", required=True)
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--json", help="also write the rows as JSON to this file")
+    ap.add_argument("--only", help="comma-separated sections to run (default all): " + ",".join(SECTIONS))
+    ap.add_argument("--scale-tasks", type=int, help="size of the scale DAG (default 100000, smoke 2000)")
+    ap.add_argument("--scale-fanin", choices=("deps", "inputs"), default="deps",
+                    help="fan-in of the scale DAG: depends_on only (default), or every output as an input too")
     args = ap.parse_args()
+    only = set(args.only.split(",")) if args.only else set(SECTIONS)
+    unknown = only - set(SECTIONS)
+    if unknown:
+        ap.error(f"unknown sections {sorted(unknown)}; choose from {','.join(SECTIONS)}")
     b = Bench(args.bin, args.smoke)
     s = args.smoke
+    big = 1000 if s else 10_000
     try:
-        print("--- single node", file=sys.stderr)
-        one = [b.node(2)]
-        b.wait_leader(one)
-        b.throughput(one, 200 if s else 2000, "1 node x 2 executors", 1 if s else 5)
-        b.stop_all()
-        print("--- 3-node mesh", file=sys.stderr)
-        three = b.mesh(3, 2)
-        b.wait_leader(three)
-        b.wait_peers(three)
-        b.throughput(three, 200 if s else 2000, "3 nodes x 2 executors", 1 if s else 5)
-        b.latency(three, 3 if s else 100)
-        b.stop_all()
-        print("--- convergence and failover", file=sys.stderr)
-        b.convergence(3, 1 if s else 5)
-        if not s:
-            b.convergence(10, 3)
-        b.failover(1 if s else 10)
-        b.stop_all()
-        print("--- executors", file=sys.stderr)
-        b.scale_reaction(2 if s else 6)
-        b.idle(3 if s else 30)
+        if "single" in only:
+            print("--- single node", file=sys.stderr)
+            one = [b.node(2)]
+            b.wait_leader(one)
+            b.throughput(one, 200 if s else 2000, "1 node x 2 executors", 1 if s else 5)
+            b.throughput_first(one, big, "1 node x 2 executors", 1 if s else 5)
+            b.breakdown(one, None, 3 if s else 100)
+            b.stop_all()
+        if "mesh" in only:
+            print("--- 3-node mesh", file=sys.stderr)
+            three = b.mesh(3, 2)
+            b.wait_leader(three)
+            b.wait_peers(three)
+            b.throughput(three, 200 if s else 2000, "3 nodes x 2 executors", 1 if s else 5)
+            b.throughput_first(three, big, "3 nodes x 2 executors (submitted at a follower)", 1 if s else 5)
+            b.latency(three, 3 if s else 100)
+            b.breakdown(None, three, 3 if s else 100)
+            b.stop_all()
+        if "scale" in only:
+            print("--- scale: one big DAG on a fresh 3-node mesh", file=sys.stderr)
+            three = b.mesh(3, 2)
+            b.wait_leader(three)
+            b.wait_peers(three)
+            b.scale(three, args.scale_tasks or (2000 if s else 100_000), args.scale_fanin)
+            b.stop_all()
+        if "convergence" in only:
+            print("--- convergence and failover", file=sys.stderr)
+            b.convergence(3, 1 if s else 5)
+            if not s:
+                b.convergence(10, 3)
+            b.failover(1 if s else 10)
+            b.stop_all()
+        if "executors" in only:
+            print("--- executors", file=sys.stderr)
+            b.scale_reaction(2 if s else 6)
+            b.idle(3 if s else 30)
     finally:
         b.cleanup()
     print(f"{'measurement':<62} {'median':>12} {'min':>12} {'max':>12}  unit      n  note")

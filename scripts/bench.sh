@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # bx3 benchmarks: one command. Builds in release mode, runs the executor microbenchmarks
-# (compile / cached load / per-task overhead / wasm vs native compute, same run), then the mesh
+# (compile / cached load / per-task overhead / wasm vs native compute, same run), the network
+# floor (a raw libp2p request-response round trip between two local nodes), then the mesh
 # benchmarks on local nodes (127.0.0.1 only, --no-mdns): throughput, latency, convergence,
 # failover, executor scaling, idle cost. Prints tables of medians with min/max.
 #
@@ -19,6 +20,8 @@ if [ "$smoke" = 1 ]; then
   bin=target/debug/bx3-node
   echo "--- executor microbenchmarks (smoke, debug profile)"
   BX3_BENCH_SCALE=0.01 cargo bench --locked -p bx3-node --bench executor --profile dev
+  echo "--- network floor (smoke)"
+  BX3_BENCH_SCALE=0.01 cargo bench --locked -p bx3-node --bench net --profile dev
   echo "--- mesh benchmarks (smoke)"
   python3 scripts/bench.py --bin "$bin" --smoke
 else
@@ -26,6 +29,8 @@ else
   bin=target/release/bx3-node
   echo "--- executor microbenchmarks"
   cargo bench --locked -p bx3-node --bench executor
+  echo "--- network floor: raw libp2p request-response between two local nodes"
+  cargo bench --locked -p bx3-node --bench net
   echo "--- mesh benchmarks"
   python3 scripts/bench.py --bin "$bin" --json target/bench.json
 fi

@@ -214,7 +214,11 @@ impl Actor {
                 self.remote.refused(&mut self.planner, &node, &jobs);
             }
             Internal::ResultsDelivered => self.results_in_flight = false,
-            Internal::ReplicaAnswer { node, answer } => self.replica_answer(node, answer),
+            Internal::ReplicaAnswer { node, answer } => {
+                self.replica_answer(node, answer);
+                // A follower catching up gets its next range at once, not on the next tick.
+                self.replicate();
+            }
             Internal::Synced(ids) => {
                 for (reply, id) in self.pending_acks.release_ids(&ids) {
                     let _ = reply.send(Ok(id));

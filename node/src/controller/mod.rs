@@ -698,11 +698,14 @@ impl Actor {
                 }
             }
         }
+        // The batch goes to the followers while our own flush runs (as a Raft leader sends
+        // entries while it appends them): a submission then waits for the slower of the two
+        // fsyncs, not their sum. It is acknowledged only after both.
+        self.replicate();
         self.store.flush().await?;
         for (reply, id) in std::mem::take(&mut self.acks) {
             self.ack_after_replication(reply, id);
         }
-        self.replicate();
         for id in finished {
             if let Some(run) = self.planner.evict(&id) {
                 self.replication.finished(id);

@@ -397,10 +397,24 @@ impl Planner {
         self.touch(dag);
     }
 
-    /// What changed since the last call, for the actor to write.
+    /// What changed since the last call, for the actor to write and replicate.
+    ///
+    /// A task that is now `running` is left out: a stored `running` record is read back as
+    /// the pending task it was before that attempt (see `add`), which is exactly the record
+    /// already stored, so writing it (and replicating it) would be work for nothing. That
+    /// halves the store and replication traffic per task.
     pub fn take_dirty(&mut self) -> Dirty {
+        let runs = &self.runs;
         Dirty {
-            tasks: self.dirty_tasks.drain().collect(),
+            tasks: self
+                .dirty_tasks
+                .drain()
+                .filter(|(dag, idx)| {
+                    runs.get(dag)
+                        .and_then(|r| r.tasks.get(*idx as usize))
+                        .is_some_and(|t| t.state != TaskState::Running)
+                })
+                .collect(),
             runs: self.dirty_runs.drain().collect(),
         }
     }

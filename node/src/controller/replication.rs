@@ -29,7 +29,7 @@ use crate::store::{Store, TaskRecord};
 /// Recent batches kept for followers that are a little behind.
 const LOG_WINDOW: usize = 4096;
 /// Most batches in one Replicate request.
-const BATCHES_PER_SEND: usize = 16;
+const BATCHES_PER_SEND: usize = 64;
 /// Finished DAGs a snapshot still carries (a follower that missed their last batches learns
 /// how they ended).
 const RECENT_FINISHED: usize = 256;
