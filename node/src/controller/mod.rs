@@ -686,8 +686,15 @@ impl Actor {
         self.store.put_tasks(records)?;
         if self.election.is_leader() {
             let term = self.election.term().cloned();
-            self.replication
+            let made = self
+                .replication
                 .make_batch(&self.store, &self.planner, &dirty, term)?;
+            if made.is_some() {
+                // The election advertises our position when we stand again (re-election):
+                // it must be the one our followers hold, or none of them can vote for us.
+                let pos = self.replication.pos().clone();
+                self.elect(election::Input::LogPos(pos)).await?;
+            }
         }
         let mut finished = Vec::new();
         for id in &dirty.runs {

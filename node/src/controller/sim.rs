@@ -746,9 +746,14 @@ impl Node {
             self.store.put_tasks(records).expect("put tasks");
             if v.election.is_leader() {
                 let term = v.election.term().cloned();
-                v.repl
+                let made = v
+                    .repl
                     .make_batch(&self.store, &v.planner, &dirty, term)
                     .expect("batch");
+                if made.is_some() {
+                    let pos = v.repl.pos().clone();
+                    self.elect(&mut v, Input::LogPos(pos));
+                }
             }
             let mut runs = dirty.runs.clone();
             runs.sort();
@@ -1230,6 +1235,21 @@ impl Sim {
                 self.seed, self.now
             )
         });
+        let leader = self.nodes[c].id.clone();
+        for n in &self.nodes {
+            if let Some(v) = &n.v {
+                assert_eq!(
+                    v.election.leader(),
+                    Some(&leader),
+                    "seed {}: {} does not follow the controller {leader} at the end (its term {:?}, the controller's {:?})\n{:?}",
+                    self.seed,
+                    n.id,
+                    v.election.term(),
+                    self.nodes[c].v.as_ref().and_then(|v| v.election.term()),
+                    self.nodes.iter().map(|n| n.v.as_ref().map(|v| v.election.clone())).collect::<Vec<_>>()
+                );
+            }
+        }
         let store = &self.nodes[c].store;
         self.check_outputs();
         for s in &self.subs {
