@@ -52,7 +52,7 @@ use rand::{Rng, SeedableRng};
 use super::dispatch::{self, Remote};
 use super::planner::{Assignment, Planner};
 use super::replication::{self, PendingAcks, Replication, ACK_REPLICA_WAIT};
-use crate::election::sim::Rng64;
+use crate::election::sim::{seeds_from_env, Rng64};
 use crate::election::{Election, Input, Output, Params, RoleChange};
 use crate::mesh::members::Members;
 use crate::mesh::{Announce, ElectionMsg, Id, Request, Response, Term, WireResult};
@@ -1286,16 +1286,6 @@ impl Sim {
             }
         }
     }
-}
-
-fn seeds_from_env(var: &str, default: std::ops::Range<u64>) -> std::ops::Range<u64> {
-    std::env::var(var)
-        .ok()
-        .and_then(|s| {
-            let (a, b) = s.split_once("..")?;
-            Some(a.parse().ok()?..b.parse().ok()?)
-        })
-        .unwrap_or(default)
 }
 
 #[test]

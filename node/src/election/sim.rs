@@ -779,7 +779,7 @@ fn failover_run(seed: u64) -> Result<u64, String> {
 }
 
 /// `VAR=start..end` overrides a test's seeds, for a longer hunt (e.g. in release mode).
-fn seeds_from_env(var: &str, default: std::ops::Range<u64>) -> std::ops::Range<u64> {
+pub(crate) fn seeds_from_env(var: &str, default: std::ops::Range<u64>) -> std::ops::Range<u64> {
     std::env::var(var)
         .ok()
         .and_then(|s| {

@@ -121,23 +121,21 @@ fn decode<T: DeserializeOwned>(
 
 impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let db = sled::Config::new().path(path).open()?;
-        Ok(Store {
-            dags: db.open_tree(DAGS)?,
-            specs: db.open_tree(SPECS)?,
-            tasks: db.open_tree(TASKS)?,
-            meta: db.open_tree(META)?,
-            db,
-        })
+        Store::with_db(sled::Config::new().path(path).open()?)
     }
 
     /// A store that lives as long as the handle (simulations and tests).
     #[cfg(test)]
     pub fn temporary() -> Result<Store, StoreError> {
-        let db = sled::Config::new()
-            .temporary(true)
-            .flush_every_ms(None)
-            .open()?;
+        Store::with_db(
+            sled::Config::new()
+                .temporary(true)
+                .flush_every_ms(None)
+                .open()?,
+        )
+    }
+
+    fn with_db(db: sled::Db) -> Result<Store, StoreError> {
         Ok(Store {
             dags: db.open_tree(DAGS)?,
             specs: db.open_tree(SPECS)?,
