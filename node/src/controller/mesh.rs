@@ -18,8 +18,8 @@ use crate::store::StoreError;
 /// Most jobs in one Assign request (keeps each request well under the size limit for small
 /// inputs; large inputs are bounded by the wire limit itself).
 const ASSIGN_BATCH: usize = 256;
-/// How often a follower sends the controller a digest of its DAGs (100 ticks = 5 s).
-pub(super) const SYNC_EVERY_TICKS: u64 = 100;
+/// How often a follower sends the controller a digest of its DAGs (50 ticks = 5 s).
+pub(super) const SYNC_EVERY_TICKS: u64 = 50;
 /// Jobs the controller keeps in flight per remote executor (running + queued on the worker).
 const REMOTE_DEPTH: usize = 2;
 

@@ -58,8 +58,8 @@ use crate::mesh::members::Members;
 use crate::mesh::{Announce, ElectionMsg, Id, Request, Response, Term, WireResult};
 use crate::store::{DagMeta, SpecRecord, Store, TaskRecord};
 
-const TICK_MS: u64 = 50;
-const ANNOUNCE_EVERY: u64 = 20;
+const TICK_MS: u64 = 100;
+const ANNOUNCE_EVERY: u64 = 10;
 /// A request without an answer after this many ticks fails at its sender.
 const RPC_TIMEOUT: u64 = 20;
 /// Faults happen in the first `FAULT_TICKS`; then the network is whole and every node but

@@ -3,7 +3,7 @@
 //! An I/O-free state machine in the style of raft-rs: the node's actor feeds it [`Input`]s
 //! (clock ticks, election messages, liveness of peers, the node's log position) and carries
 //! out the [`Output`]s (persist, broadcast, send, role changes) in order. Time is counted in
-//! ticks (50 ms in production) and the randomized timeouts come from a seed given to
+//! ticks (100 ms in production) and the randomized timeouts come from a seed given to
 //! [`Election::new`], so a run is a pure function of its inputs; `sim.rs` drives thousands of
 //! seeded meshes through partitions, loss, crashes and joins.
 //!
@@ -98,28 +98,29 @@ impl<Id> Default for LogPos<Id> {
     }
 }
 
-/// Timing, in ticks (50 ms in production).
+/// Timing, in ticks (100 ms in production).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Params {
-    /// A leader broadcasts a heartbeat this often (3 = 150 ms).
+    /// A leader broadcasts a heartbeat this often (2 = 200 ms): at least two heartbeats fit in
+    /// the shortest election timeout, so one lost heartbeat never starts an election.
     pub heartbeat_ticks: u64,
     /// A follower that has not heard its leader for a random time in
-    /// `[election_timeout_min, election_timeout_max)` stands (10..20 = 0.5–1 s). The lower
+    /// `[election_timeout_min, election_timeout_max)` stands (5..10 = 0.5–1 s). The lower
     /// bound is also the leader lease: a follower refuses other candidates while its leader
     /// was heard more recently than that.
     pub election_timeout_min: u64,
     pub election_timeout_max: u64,
-    /// A peer heard within this many ticks is alive and counts in the quorum (30 = 1.5 s).
+    /// A peer heard within this many ticks is alive and counts in the quorum (15 = 1.5 s).
     pub alive_window: u64,
 }
 
 impl Default for Params {
     fn default() -> Self {
         Params {
-            heartbeat_ticks: 3,
-            election_timeout_min: 10,
-            election_timeout_max: 20,
-            alive_window: 30,
+            heartbeat_ticks: 2,
+            election_timeout_min: 5,
+            election_timeout_max: 10,
+            alive_window: 15,
         }
     }
 }
@@ -906,8 +907,18 @@ mod tests {
 
     type Out = Vec<Output<u64>>;
 
+    /// The rules are tested at a finer clock than production's (a heartbeat every 3 ticks, an
+    /// election timeout of 10..20, 30 ticks alive), which leaves room between the steps
+    /// these tests place in time. The simulator runs production's `Params::default()`.
+    const P: Params = Params {
+        heartbeat_ticks: 3,
+        election_timeout_min: 10,
+        election_timeout_max: 20,
+        alive_window: 30,
+    };
+
     fn node(me: u64) -> Election<u64> {
-        Election::new(me, Params::default(), None, me)
+        Election::new(me, P, None, me)
     }
 
     fn step(e: &mut Election<u64>, input: Input<u64>) -> Out {
@@ -1053,7 +1064,7 @@ mod tests {
             answer(&step(&mut e, request(1, 3, LogPos::default())), 3),
             Some(false)
         );
-        let mut e = Election::new(1, Params::default(), Some(e.persistent()), 9);
+        let mut e = Election::new(1, P, Some(e.persistent()), 9);
         assert_eq!(
             answer(&step(&mut e, request(1, 3, LogPos::default())), 3),
             Some(false)
@@ -1090,7 +1101,7 @@ mod tests {
         assert!(e.accepts(&term(5, 2)));
         assert!(e.accepts(&term(6, 0)));
         // A restart remembers the term.
-        let e = Election::new(1, Params::default(), Some(e.persistent()), 3);
+        let e = Election::new(1, P, Some(e.persistent()), 3);
         assert_eq!((e.term(), e.leader()), (Some(&term(5, 2)), None));
     }
 
@@ -1169,7 +1180,7 @@ mod tests {
             term: Some(term(7, 3)),
             voted: None,
         };
-        let mut e = Election::new(1, Params::default(), Some(stranded), 1);
+        let mut e = Election::new(1, P, Some(stranded), 1);
         assert!(e.deadline >= 20, "listens a full timeout");
         assert!(step(&mut e, heartbeat(5, 2)).is_empty());
         assert_eq!(e.leader(), None);
@@ -1391,7 +1402,7 @@ mod tests {
             term: Some(term(3, 2)),
             voted: None,
         };
-        let mut e = Election::new(1, Params::default(), Some(top), 1);
+        let mut e = Election::new(1, P, Some(top), 1);
         e.step(Input::Heard(2), &mut Vec::new());
         let out = ticks(&mut e, 40);
         assert_eq!(stood(&out), Some(term(u64::MAX, 1)));
@@ -1424,7 +1435,7 @@ mod tests {
             term: Some(term(4, 2)),
             voted: Some((6, 3)),
         };
-        let mut e = Election::new(1, Params::default(), Some(lagging), 1);
+        let mut e = Election::new(1, P, Some(lagging), 1);
         assert_eq!(e.epoch(), 6);
         assert!(
             matches!(step(&mut e, Input::Tick).first(), Some(Output::Persist(p)) if p.epoch == 6)
@@ -1478,7 +1489,7 @@ mod tests {
                         msg: Message::Vote { term: term(ep, ME), granted },
                     }],
                     Action::Restart => {
-                        e = Election::new(ME, Params::default(), disk.clone(), 5);
+                        e = Election::new(ME, P, disk.clone(), 5);
                         vec![]
                     }
                 };

@@ -859,7 +859,9 @@ fn leader_failover_in_three_node_meshes() {
         "failover after a leader kill, 3 nodes, {} seeds: min {min} median {median} p99 {p99} max {max} ticks",
         ticks.len()
     );
-    assert!(max <= 30, "failover took {max} ticks (at most 30 = 1.5 s)");
+    // The simulated network delivers in 1–2 ticks (100–200 ms one way, far slower than a LAN),
+    // so this bounds the protocol's rounds more than real time (measured: scripts/bench.sh).
+    assert!(max <= 20, "failover took {max} ticks (at most 20 = 2 s)");
 }
 
 #[test]

@@ -44,7 +44,7 @@ const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often static peers are checked for a due redial (and duplicate connections for a due
 /// close).
-const TICK: Duration = Duration::from_millis(100);
+const TICK: Duration = Duration::from_millis(250);
 /// A duplicate connection is closed this long after it is noticed, so that the other end has
 /// established its side of the connection we keep before we close the other one (closing at
 /// once can leave the other end with no connection for a moment: a Disconnected/Connected
