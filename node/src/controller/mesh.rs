@@ -82,6 +82,7 @@ impl Actor {
     }
 
     pub(super) async fn handle_tick(&mut self) -> Result<(), StoreError> {
+        self.flush_unflushed().await?;
         self.elect(Input::Tick).await?;
         self.expire_acks();
         self.replicate();
@@ -499,7 +500,12 @@ impl Actor {
                 });
                 return Ok(());
             }
-            Request::ListDags { limit } => match self.list(limit as usize) {
+            Request::ListDags { limit } => match self
+                .flush_unflushed()
+                .await
+                .map_err(ControllerError::from)
+                .and_then(|()| self.list(limit as usize))
+            {
                 Ok(v) => Response::Dags(v),
                 Err(e) => Response::Error {
                     status: e.status(),

@@ -617,7 +617,13 @@ impl Actor {
         }
     }
 
-    /// Follower: applies the controller's batches (or snapshot), flushes, says how far it got.
+    /// Follower: applies the controller's batches (or snapshot), says how far it got.
+    ///
+    /// The answer is what lets the controller acknowledge a submission, so a range that brings
+    /// a DAG new to this node (its spec), or a snapshot, is flushed before answering. Other
+    /// ranges (task results, progress) are flushed on the next tick: a follower killed before
+    /// then holds a shorter prefix of the controller's batches, which the controller's
+    /// catch-up (or a snapshot) repairs like any lagging follower.
     pub(super) async fn apply_replicate(
         &mut self,
         term: Term,
@@ -626,6 +632,10 @@ impl Actor {
         batches: Vec<Batch>,
     ) -> Result<Response, StoreError> {
         let modules = self.modules.clone();
+        let must_flush = snapshot
+            || batches
+                .iter()
+                .any(|b| b.dags.iter().any(|d| d.spec.is_some()));
         let (resp, moved) = self.replication.apply(
             &self.store,
             &self.election,
@@ -636,10 +646,12 @@ impl Actor {
             batches,
         )?;
         if moved {
-            self.store.flush().await?;
+            self.unflushed = true;
+            if must_flush {
+                self.flush_unflushed().await?;
+            }
             let pos = self.replication.pos().clone();
             self.elect(Input::LogPos(pos)).await?;
-            self.changes.send_modify(|v| *v += 1);
         }
         Ok(resp)
     }

@@ -163,16 +163,21 @@ impl Store {
         Ok(())
     }
 
-    /// Writes many task records in one sled batch (atomic for the batch).
+    /// Writes task records, one insert each.
+    ///
+    /// Not a `sled::Batch`: sled 0.34 writes its log buffer out twice for every batch (it
+    /// rolls the buffer around the batch manifest), which turned each round of results into
+    /// two disk writes and undid the group commit. Atomicity across records is not needed:
+    /// each task record stands alone, and what is written after them in the same round (the
+    /// DAG's meta, the replica position) comes later in sled's log, which recovers in order.
+    /// A crash can at worst lose a suffix of a round's records; those tasks run again.
     pub fn put_tasks<'a>(
         &self,
         records: impl IntoIterator<Item = (DagId, u32, &'a TaskRecord)>,
     ) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
         for (dag, idx, rec) in records {
-            batch.insert(&task_key(&dag, idx)[..], encode(rec)?);
+            self.tasks.insert(&task_key(&dag, idx)[..], encode(rec)?)?;
         }
-        self.tasks.apply_batch(batch)?;
         Ok(())
     }
 
@@ -235,7 +240,7 @@ impl Store {
             }
         }
         let mut conflicts = 0;
-        let mut batch = sled::Batch::default();
+        // One insert per changed record, not a `sled::Batch`: see `put_tasks`.
         for (idx, incoming) in tasks {
             let local = self.task(id, *idx)?;
             let (merged, conflict) = merge::merge_task(local.as_ref(), incoming);
@@ -244,10 +249,10 @@ impl Store {
                 tracing::warn!(dag = %id, task = idx, "two different successful outputs for one task; keeping ours");
             }
             if local.as_ref() != Some(&merged) {
-                batch.insert(&task_key(id, *idx)[..], encode(&merged)?);
+                self.tasks
+                    .insert(&task_key(id, *idx)[..], encode(&merged)?)?;
             }
         }
-        self.tasks.apply_batch(batch)?;
         let local = self.meta(id)?;
         let merged = merge::merge_meta(local.as_ref(), meta);
         if local.as_ref() != Some(&merged) && self.has_spec(id)? {
@@ -257,9 +262,26 @@ impl Store {
     }
 
     /// Waits until everything written so far is on disk.
+    ///
+    /// The write and fsync run on tokio's blocking pool, not through sled's `flush_async`:
+    /// sled 0.34 hands that to its own thread pool, whose queue wakes all seven of its idle
+    /// threads for every job; at thousands of flushes a second that herd was a third of the
+    /// controller's CPU.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
-        Ok(())
+        if tokio::runtime::Handle::try_current().is_err() {
+            self.db.flush()?;
+            return Ok(());
+        }
+        let db = self.db.clone();
+        match tokio::task::spawn_blocking(move || db.flush()).await {
+            Ok(done) => {
+                done?;
+                Ok(())
+            }
+            Err(e) => Err(StoreError::Sled(sled::Error::ReportableBug(format!(
+                "flush task failed: {e}"
+            )))),
+        }
     }
 
     pub fn meta(&self, id: &DagId) -> Result<Option<DagMeta>, StoreError> {
@@ -472,7 +494,7 @@ mod tests {
         proptest! {
             #![proptest_config(ProptestConfig::with_cases(48))]
             /// The store agrees with an in-memory model through any sequence of writes and
-            /// reopens (a flush before each reopen, as the controller flushes each round).
+            /// reopens (a flush before each reopen, as a node flushes when it stops).
             #[test]
             fn store_matches_a_model_across_reopens(ops in proptest::collection::vec(op(), 1..40)) {
                 let dir = tempfile::tempdir().expect("tempdir");
