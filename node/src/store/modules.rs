@@ -3,14 +3,19 @@
 //! Files rather than sled values because executor processes read them directly (sled allows
 //! one process per database), and because a module is immutable once named by its hash.
 
+use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 
 #[derive(Clone, Debug)]
 pub struct ModuleStore {
     dir: PathBuf,
+    /// Hashes known to be on disk. Modules are immutable and never removed by the node, so
+    /// once seen a module stays: `contains` (asked for every job) skips the file system.
+    known: Arc<Mutex<HashSet<String>>>,
 }
 
 /// Lowercase hex SHA-256.
@@ -26,7 +31,10 @@ pub fn is_hash(s: &str) -> bool {
 impl ModuleStore {
     pub fn open(dir: PathBuf) -> std::io::Result<ModuleStore> {
         std::fs::create_dir_all(&dir)?;
-        Ok(ModuleStore { dir })
+        Ok(ModuleStore {
+            dir,
+            known: Arc::default(),
+        })
     }
 
     pub fn path(&self, hash: &str) -> PathBuf {
@@ -44,7 +52,22 @@ impl ModuleStore {
     }
 
     pub fn contains(&self, hash: &str) -> bool {
-        is_hash(hash) && self.path(hash).is_file()
+        if !is_hash(hash) {
+            return false;
+        }
+        if self.known().contains(hash) {
+            return true;
+        }
+        let present = self.path(hash).is_file();
+        if present {
+            self.known().insert(hash.to_string());
+        }
+        present
+    }
+
+    fn known(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        // The set is only ever inserted into: a panic elsewhere cannot leave it inconsistent.
+        self.known.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn get(&self, hash: &str) -> std::io::Result<Option<Vec<u8>>> {
