@@ -119,9 +119,18 @@ fn decode<T: DeserializeOwned>(
     })
 }
 
+/// sled's page cache. Its default (1 GiB) would let a long-lived node's memory grow with its
+/// history on a phone or a Raspberry Pi; the working set (active DAGs) is far smaller.
+const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
 impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        Store::with_db(sled::Config::new().path(path).open()?)
+        Store::with_db(
+            sled::Config::new()
+                .path(path)
+                .cache_capacity(CACHE_BYTES)
+                .open()?,
+        )
     }
 
     /// A store that lives as long as the handle (simulations and tests).
