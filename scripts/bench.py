@@ -65,6 +65,21 @@ def proc_kb(pid, field):
     return 0
 
 
+def cpu_ms(pid):
+    """CPU time of process `pid` so far (all its threads, ns precision from schedstat), ms."""
+    total = 0
+    try:
+        for t in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{t}/schedstat") as f:
+                    total += int(f.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                pass
+    except OSError:
+        pass
+    return total / 1e6
+
+
 def descendants(pid):
     """pid and every live process below it (the node's executor processes)."""
     children = {}
@@ -334,6 +349,11 @@ class Bench:
         h = self.upload(submit_at, "noop.wasm")
         yaml = self.fanout_yaml(size)
         rates, accept = [], []
+        # Warm-up: followers fetch and compile the module on the first run.
+        dag_id, _ = self.submit(submit_at, yaml, {"noop.wasm": h})
+        self.wait(submit_at, dag_id)
+        leader = self.controller(nodes)
+        cpu0 = {n.proc.pid: cpu_ms(n.proc.pid) for n in nodes}
         for _ in range(runs):
             dag_id, took = self.submit(submit_at, yaml, {"noop.wasm": h})
             v = self.wait(submit_at, dag_id)
@@ -341,8 +361,14 @@ class Bench:
             ms = max(1, v["finished_at_ms"] - v["created_at_ms"])
             rates.append((size + 1) / (ms / 1000.0))
             accept.append(took * 1000)
+        per_k = {n.proc.pid: (cpu_ms(n.proc.pid) - cpu0[n.proc.pid]) * 1000 / (runs * (size + 1)) for n in nodes}
         self.row(f"throughput {size}+1 no-op tasks, {label}", rates, "tasks/s", "accept to finish, server clock")
         self.row(f"accept (durable) {size}+1-task DAG, {label}", accept, "ms", "POST /v1/dags round trip")
+        self.row(f"node CPU per 1,000 tasks, {size}+1 DAG, {label}: controller", [per_k[leader.proc.pid]], "ms",
+                 "node process only (executors excluded), over all runs; steadier than tasks/s on a shared machine")
+        if len(nodes) > 1:
+            self.row(f"node CPU per 1,000 tasks, {size}+1 DAG, {label}: followers",
+                     [v for p, v in per_k.items() if p != leader.proc.pid], "ms", "one value per follower")
 
     def throughput_first(self, nodes, size, label, runs):
         """Throughput of a large fan-out (+ fan-in), and how long after the POST is sent its
