@@ -6,22 +6,26 @@
 //! What runs is the production code: the election state machine, membership (`Members`), the
 //! planner, the dispatch bookkeeping (`dispatch::Remote`, `dispatch::plan`), the replication
 //! protocol (`Replication`, `PendingAcks`, `sync_want`, `digest`, `full_delta`) and the real
-//! sled `Store` with its merge rules, each node on its own temporary database that survives
-//! the node's crashes. What the simulator supplies is the transport and the actor's glue
+//! sled `Store` with its merge rules, each node on its own temporary database. A crash puts
+//! that database back to what it held at the node's last flush (the worst case of sled's
+//! in-order recovery: every write not yet flushed is lost), with flushes where the actor
+//! makes them (group commit: before an acknowledgement, when a DAG finishes, before answering
+//! a range that brings a new DAG, on the election's writes, else on the next tick). What the simulator supplies is the transport and the actor's glue
 //! (which request goes where, persist-then-acknowledge, role changes), written to mirror
 //! `Actor` step by step. Tasks are not WebAssembly here: a task's output is a hash of its
 //! module name and resolved arguments, `fail.wasm` always fails and `flaky.wasm` fails its
 //! first attempt, so every outcome is a pure function of the task and its attempt number.
 //!
-//! Model limits: a node's step is atomic (whatever it wrote is durable when its step ends;
-//! torn writes inside one step are the election simulator's and the store tests' concern);
+//! Model limits: a crash loses all unflushed writes or none of them, never a part (sled
+//! recovers a prefix; prefixes are the store tests' concern); API reads, which flush in the
+//! actor, are not simulated;
 //! every node has every module (module transfer is covered by the real-binary tests).
 //!
 //! Invariants, checked while the run goes and at the end:
 //!
 //! - one leader per term, and no node's term ever goes down (across restarts too);
-//! - an acknowledged DAG is in the stores of at least two nodes at the moment of its ack
-//!   whenever the controller had a follower to copy it to;
+//! - an acknowledged DAG is on the disk (flushed store) of at least two nodes at the moment
+//!   of its ack whenever the controller had a follower to copy it to;
 //! - no acknowledged DAG is lost: at the end (faults over, every node but the one killed for
 //!   good back up) each one is finished on the controller;
 //! - every task record that says succeeded, on any node at any check, carries the output of
@@ -56,7 +60,7 @@ use crate::election::sim::{seeds_from_env, Rng64};
 use crate::election::{Election, Input, Output, Params, RoleChange};
 use crate::mesh::members::Members;
 use crate::mesh::{Announce, ElectionMsg, Id, Request, Response, Term, WireResult};
-use crate::store::{DagMeta, SpecRecord, Store, TaskRecord};
+use crate::store::{DagMeta, Dump, SpecRecord, Store, TaskRecord};
 
 const TICK_MS: u64 = 100;
 const ANNOUNCE_EVERY: u64 = 10;
@@ -263,6 +267,11 @@ struct Volatile {
 struct Node {
     id: Id,
     store: Store,
+    /// What the node's disk holds: the store as of its last flush. A crash puts the store
+    /// back to it (the worst case of sled's in-order recovery: every unflushed write lost).
+    durable: Dump,
+    /// Written since the last flush (flushed on the next tick, as `Actor::handle_tick`).
+    unflushed: bool,
     v: Option<Volatile>,
     /// Highest term this node ever held (survives crashes, for the monotonic check).
     max_term: Option<Term>,
@@ -270,6 +279,12 @@ struct Node {
 }
 
 impl Node {
+    /// `Store::flush`: what is written so far is on disk.
+    fn flush_store(&mut self) {
+        self.durable = self.store.dump().expect("dump");
+        self.unflushed = false;
+    }
+
     fn start(&mut self, seed: u64, now: u64) {
         let persisted = self.store.election().expect("election record");
         let pos = self.store.repl_pos().expect("repl pos");
@@ -306,6 +321,9 @@ impl Node {
             if let Output::Persist(p) = o {
                 self.store.put_election(p).expect("put election");
             }
+        }
+        if out.iter().any(|o| matches!(o, Output::Persist(_))) {
+            self.flush_store();
         }
         for o in out {
             match o {
@@ -469,6 +487,10 @@ impl Node {
                 snapshot,
                 batches,
             } => {
+                let must_flush = snapshot
+                    || batches
+                        .iter()
+                        .any(|b| b.dags.iter().any(|d| d.spec.is_some()));
                 let (resp, moved) = v
                     .repl
                     .apply(
@@ -482,6 +504,12 @@ impl Node {
                     )
                     .expect("apply");
                 if moved {
+                    // `Actor::apply_replicate`: flushed before answering when the range
+                    // brings a new DAG (what an acknowledgement waits for), else on the tick.
+                    self.unflushed = true;
+                    if must_flush {
+                        self.flush_store();
+                    }
                     let pos = v.repl.pos().clone();
                     self.elect(v, Input::LogPos(pos));
                 }
@@ -503,6 +531,7 @@ impl Node {
                 v.repl
                     .merge_pushed(&self.store, &mut v.planner, from, &dags)
                     .expect("merge pushed");
+                self.flush_store();
                 Response::Ok
             }
             other => panic!("simulator does not send {other:?}"),
@@ -584,6 +613,9 @@ impl Node {
         let Some(mut v) = self.v.take() else {
             return;
         };
+        if self.unflushed {
+            self.flush_store();
+        }
         self.elect(&mut v, Input::Tick);
         for _ in v.acks.expired(now * TICK_MS) {
             self.out.push(Out::NotReplicated);
@@ -757,10 +789,19 @@ impl Node {
             }
             let mut runs = dirty.runs.clone();
             runs.sort();
+            let mut finished = false;
             for id in &runs {
                 if let Some(run) = v.planner.run(id) {
                     self.store.put_meta(id, &run.meta).expect("put meta");
+                    finished |= run.is_finished();
                 }
+            }
+            // `Actor::persist`'s group commit: flush when a submission or a finished DAG
+            // waits on it, else on the next tick.
+            if v.new_acks.is_empty() && !finished {
+                self.unflushed = true;
+            } else {
+                self.flush_store();
             }
             // ack_after_replication
             let has_followers = v.members.iter().any(|(_, m)| m.announced);
@@ -851,6 +892,8 @@ struct Sim {
 #[derive(Debug, Default, Clone)]
 struct Stats {
     crashes: u64,
+    /// Crashes that lost writes not yet flushed.
+    lost_unflushed: u64,
     partitions: u64,
     acked: u64,
     not_replicated: u64,
@@ -865,6 +908,8 @@ impl Sim {
             .map(|i| Node {
                 id: format!("n{i}"),
                 store: Store::temporary().expect("temporary store"),
+                durable: Dump::new(),
+                unflushed: false,
                 v: None,
                 max_term: None,
                 out: Vec::new(),
@@ -945,8 +990,9 @@ impl Sim {
                     id,
                     had_followers,
                 } => {
+                    // Held means on disk: in the node's store as of its last flush.
                     let holders: Vec<usize> = (0..self.nodes.len())
-                        .filter(|k| self.nodes[*k].store.meta(&id).expect("meta").is_some())
+                        .filter(|k| Store::dump_holds(&self.nodes[*k].durable, &id))
                         .collect();
                     if had_followers {
                         assert!(
@@ -998,6 +1044,13 @@ impl Sim {
         if self.nodes[i].v.take().is_none() {
             return;
         }
+        // What was not flushed is lost.
+        let node = &mut self.nodes[i];
+        if node.unflushed {
+            self.stats.lost_unflushed += 1;
+        }
+        node.store.restore(&node.durable).expect("restore");
+        node.unflushed = false;
         self.stats.crashes += 1;
         if self.trace {
             println!("tick {}: crash n{i}", self.now);
@@ -1298,6 +1351,7 @@ fn random() {
         sim.run();
         let s = &sim.stats;
         total.crashes += s.crashes;
+        total.lost_unflushed += s.lost_unflushed;
         total.partitions += s.partitions;
         total.acked += s.acked;
         total.not_replicated += s.not_replicated;
@@ -1306,6 +1360,10 @@ fn random() {
     println!("{n} seeds: {total:?}");
     assert!(total.acked > n, "too few DAGs acknowledged: {total:?}");
     assert!(total.crashes > n / 2, "too few crashes: {total:?}");
+    assert!(
+        total.lost_unflushed > n / 20,
+        "too few crashes lost unflushed writes: {total:?}"
+    );
 }
 
 #[test]

@@ -80,6 +80,10 @@ pub struct TaskRecord {
     pub node: Option<String>,
 }
 
+/// A store's full content: (tree index, key, value).
+#[cfg(test)]
+pub type Dump = Vec<(usize, sled::IVec, sled::IVec)>;
+
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
@@ -142,6 +146,45 @@ impl Store {
                 .flush_every_ms(None)
                 .open()?,
         )
+    }
+
+    /// Every record of every tree (simulations: what a node's disk holds after a flush).
+    #[cfg(test)]
+    pub fn dump(&self) -> Result<Dump, StoreError> {
+        let mut out = Vec::new();
+        for (i, tree) in self.trees().into_iter().enumerate() {
+            for kv in tree.iter() {
+                let (k, v) = kv?;
+                out.push((i, k, v));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Replaces every tree's content with `dump` (simulations: a crash loses what was not
+    /// flushed).
+    #[cfg(test)]
+    pub fn restore(&self, dump: &Dump) -> Result<(), StoreError> {
+        let trees = self.trees();
+        for tree in &trees {
+            tree.clear()?;
+        }
+        for (i, k, v) in dump {
+            trees[*i].insert(k, v.clone())?;
+        }
+        Ok(())
+    }
+
+    /// Whether `dump` holds DAG `id`'s record.
+    #[cfg(test)]
+    pub fn dump_holds(dump: &Dump, id: &DagId) -> bool {
+        dump.iter()
+            .any(|(i, k, _)| *i == 1 && k.as_ref() == id.as_bytes())
+    }
+
+    #[cfg(test)]
+    fn trees(&self) -> [&sled::Tree; 4] {
+        [&self.meta, &self.dags, &self.specs, &self.tasks]
     }
 
     fn with_db(db: sled::Db) -> Result<Store, StoreError> {
