@@ -100,7 +100,23 @@ def descendants(pid):
     return out
 
 
-class RssSampler:
+class Background:
+    """A `run` method on a daemon thread for the length of a `with` block."""
+
+    def __init__(self):
+        self.stop_flag = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop_flag.set()
+        self.thread.join(timeout=30)
+
+
+class RssSampler(Background):
     """Samples VmRSS of each node process plus its executor processes every `period` s in a
     background thread; keeps the largest sum per node and the largest sum over all nodes."""
 
@@ -109,8 +125,7 @@ class RssSampler:
         self.max_node = [0] * len(nodes)
         self.max_total = 0
         self.samples = 0
-        self.stop_flag = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
+        super().__init__()
 
     def sample(self):
         total = 0
@@ -127,17 +142,12 @@ class RssSampler:
             self.sample()
             self.stop_flag.wait(self.period)
 
-    def __enter__(self):
-        self.thread.start()
-        return self
-
     def __exit__(self, *exc):
-        self.stop_flag.set()
-        self.thread.join(timeout=30)
+        super().__exit__(*exc)
         self.sample()
 
 
-class FirstStart:
+class FirstStart(Background):
     """Watches, from a background thread, for the first sign of a DAG (found by its unique
     name) on `node` (the controller: it answers from its live state without forwarding), by
     polling GET /v1/dags?limit=1 every ~2 ms from `t0` (perf_counter) on; so it sees tasks
@@ -148,8 +158,7 @@ class FirstStart:
     def __init__(self, node, name, t0, limit=120):
         self.node, self.name, self.t0, self.limit = node, name, t0, limit
         self.seen = self.started = self.succeeded = None
-        self.stop_flag = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
+        super().__init__()
 
     def run(self):
         while not self.stop_flag.is_set() and time.perf_counter() - self.t0 < self.limit:
@@ -170,14 +179,6 @@ class FirstStart:
                     self.succeeded = now
                     return
             time.sleep(0.002)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop_flag.set()
-        self.thread.join(timeout=30)
 
 
 class Node:

@@ -395,6 +395,16 @@ impl Replication {
     }
 }
 
+/// Follower: whether a Replicate request must be on disk before it is answered. The answer
+/// lets the controller acknowledge submissions, so a range that brings a DAG new to this node
+/// (its spec) or a snapshot must; other ranges are flushed on the next tick.
+pub(super) fn must_flush_before_answer(snapshot: bool, batches: &[Batch]) -> bool {
+    snapshot
+        || batches
+            .iter()
+            .any(|b| b.dags.iter().any(|d| d.spec.is_some()))
+}
+
 /// Everything the controller is working on, in full, plus the `extra` DAGs it no longer
 /// works on (read back from the store).
 fn snapshot<'a>(
@@ -632,10 +642,7 @@ impl Actor {
         batches: Vec<Batch>,
     ) -> Result<Response, StoreError> {
         let modules = self.modules.clone();
-        let must_flush = snapshot
-            || batches
-                .iter()
-                .any(|b| b.dags.iter().any(|d| d.spec.is_some()));
+        let must_flush = must_flush_before_answer(snapshot, &batches);
         let (resp, moved) = self.replication.apply(
             &self.store,
             &self.election,

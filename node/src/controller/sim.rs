@@ -487,10 +487,7 @@ impl Node {
                 snapshot,
                 batches,
             } => {
-                let must_flush = snapshot
-                    || batches
-                        .iter()
-                        .any(|b| b.dags.iter().any(|d| d.spec.is_some()));
+                let must_flush = replication::must_flush_before_answer(snapshot, &batches);
                 let (resp, moved) = v
                     .repl
                     .apply(
