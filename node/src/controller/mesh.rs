@@ -547,14 +547,14 @@ impl Actor {
         if !first {
             return;
         }
-        let Some(peer) = self.peer_of(from) else {
-            return;
-        };
+        // The assigning controller first, then every other peer: a controller killed right
+        // after assigning must not turn its jobs into failed attempts the next one counts.
+        let sources = self.module_sources(from);
         let net = self.net.clone();
         let modules = self.modules.clone();
         let back = self.internal_tx.clone();
         tokio::spawn(async move {
-            let error = fetch_missing(&net, peer, &modules, std::iter::once(&hash))
+            let error = fetch_from_any(&net, &sources, &modules, std::iter::once(&hash))
                 .await
                 .err();
             let _ = back.send(Internal::ModuleFetched { hash, error }).await;
