@@ -144,6 +144,66 @@ pub struct TaskView {
     pub attempts: u32,
     /// Peer id of the node that ran (or runs) the latest attempt.
     pub node: Option<String>,
+    /// The module file name, as written in the DAG.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub module: String,
+    /// Ids of the tasks this one depends on, as written in the DAG.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
+    /// The task's inputs as written in the DAG (before `${id}` expansion).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<String>,
+    /// Tail of the latest finished attempt's stderr (kept for successful attempts too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stderr: Option<String>,
+    /// When the latest attempt was queued, started and finished (ms since the Unix epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued_at_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at_ms: Option<u64>,
+    /// Every attempt, oldest first (an attempt interrupted by a lost node or a failover is
+    /// listed too, although it does not count in `attempts`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempt_log: Vec<AttemptView>,
+}
+
+/// How one attempt of a task went.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AttemptOutcome {
+    /// Still running (or queued on its node).
+    #[default]
+    Running,
+    Succeeded,
+    Failed,
+    /// Cut short by something other than the task: its node was lost, a controller changed.
+    /// Not counted against the task's retries.
+    Interrupted,
+    Cancelled,
+}
+
+/// One attempt of a task: where and when it ran and how it ended.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct AttemptView {
+    /// 1-based attempt number (interrupted attempts repeat the number of the next try).
+    pub attempt: u32,
+    pub node: Option<String>,
+    pub outcome: AttemptOutcome,
+    /// Milliseconds since the Unix epoch. `queued_at_ms <= started_at_ms <= finished_at_ms`
+    /// whenever they are set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued_at_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Tail of this attempt's stderr.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stderr: Option<String>,
 }
 
 /// One DAG as users see it (`dag ID --json`, `submit --wait --json`).
@@ -202,6 +262,45 @@ pub struct ExecutorsView {
     pub min_free_ram_mb: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_executors: Option<u64>,
+    /// Executors the RAM figures allow: `(available - min_free) / ram_per_executor`.
+    #[serde(default)]
+    pub ram_slots: u64,
+    /// CPU cores of the machine (tasks are CPU-bound: more executors than cores only adds
+    /// memory and context switches).
+    #[serde(default)]
+    pub cpu_cores: u64,
+    /// Which limit decided `total`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limited_by: Option<ExecutorLimit>,
+}
+
+/// What sized a node's executor pool.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExecutorLimit {
+    Ram,
+    Cpu,
+    MaxExecutors,
+}
+
+/// This node's part in the election.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeRole {
+    Controller,
+    #[default]
+    Follower,
+    Candidate,
+}
+
+/// A change of controller as this node saw it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ControllerChange {
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    pub term: u64,
+    /// The new controller (`None`: none known, an election is under way).
+    pub controller: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -216,6 +315,19 @@ pub struct PeerView {
     /// How many batches it is behind the controller (as far as this node knows).
     #[serde(default)]
     pub replica_behind: u64,
+    /// Whether the peer is a member now; a peer that went down stays listed a while.
+    #[serde(default = "yes")]
+    pub alive: bool,
+    /// When this node last heard from the peer (ms since the Unix epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen_ms: Option<u64>,
+    /// The peer's bx3 version.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub version: String,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `status --json`.
@@ -235,6 +347,15 @@ pub struct StatusView {
     /// controller, produced).
     #[serde(default)]
     pub replica_seq: u64,
+    /// This node's part in the election.
+    #[serde(default)]
+    pub role: NodeRole,
+    /// Whether the mesh is private (`--mesh-key`: only key holders can connect).
+    #[serde(default)]
+    pub private_mesh: bool,
+    /// Controller changes this node saw in the last hour, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub controller_changes: Vec<ControllerChange>,
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use bx3_protocol::api::{ExecutorsView, PeerView, StatusView};
+use bx3_protocol::api::{ExecutorsView, NodeRole, PeerView, StatusView};
 use libp2p::PeerId;
 
 use super::{dispatch, now_ms, replication, Actor, Command, ControllerError, Internal, Origin};
@@ -770,6 +770,7 @@ impl Actor {
                     available_ram_mb: m.announce.available_ram_mb,
                     min_free_ram_mb: m.announce.min_free_ram_mb,
                     max_executors: None,
+                    ..ExecutorsView::default()
                 },
                 addrs: m.announce.addrs.clone(),
                 replica_seq: m.announce.replica_seq,
@@ -779,6 +780,9 @@ impl Actor {
                         .unwrap_or(m.announce.replica_seq)
                         .max(m.announce.replica_seq),
                 ),
+                alive: true,
+                last_seen_ms: None,
+                version: m.announce.version.clone(),
             })
             .collect();
         peers.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
@@ -794,11 +798,21 @@ impl Actor {
                 available_ram_mb: c.available_ram_mb,
                 min_free_ram_mb: self.info.min_free_ram_mb,
                 max_executors: self.info.max_executors.map(|m| m as u64),
+                ..ExecutorsView::default()
             },
             peers,
             version: env!("CARGO_PKG_VERSION").to_string(),
             dags_active: self.planner.active_count() as u64,
             replica_seq: self.replication.seq(),
+            role: if self.election.is_leader() {
+                NodeRole::Controller
+            } else if self.election.leader().is_some() {
+                NodeRole::Follower
+            } else {
+                NodeRole::Candidate
+            },
+            private_mesh: false,
+            controller_changes: Vec::new(),
         }
     }
 }

@@ -846,6 +846,13 @@ pub fn make_view(
                     error: rec.error.clone(),
                     attempts: rec.attempts,
                     node: rec.node.clone(),
+                    module: task.module.clone(),
+                    depends_on: task
+                        .deps
+                        .iter()
+                        .filter_map(|d| spec.dag.tasks.get(*d as usize).map(|t| t.id.clone()))
+                        .collect(),
+                    ..TaskView::default()
                 },
             );
         }
