@@ -26,15 +26,33 @@ pub enum ClientError {
     Input(String),
     #[error("cannot reach the bx3 node at {url}: {reason}\n  (is `bx3-node` running? point at it with --api URL, BX3_API or --data-dir DIR)")]
     Unreachable { url: String, reason: String },
-    /// The node answered with an error.
-    #[error("{0}")]
-    Api(String),
+    /// The node answered with an error; `code` says what kind (`ErrorBody::code`).
+    #[error("{message}")]
+    Api {
+        code: Option<String>,
+        message: String,
+    },
     /// Not an error of the tool: the DAG ended failed or cancelled.
     #[error("DAG {id} {state}")]
     DagDidNotSucceed { id: String, state: &'static str },
 }
 
+/// How long `submit` keeps retrying a submission that failed for a transient reason.
+const SUBMIT_RETRY: Duration = Duration::from_secs(60);
+
 impl ClientError {
+    /// Worth trying again with the same request: the node or the controller is busy,
+    /// restarting or being elected.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Unreachable { .. } => true,
+            ClientError::Api {
+                code: Some(code), ..
+            } => matches!(code.as_str(), "unavailable" | "no_controller" | "stopping"),
+            _ => false,
+        }
+    }
+
     pub fn exit_code(&self) -> u8 {
         match self {
             ClientError::DagDidNotSucceed { .. } => 1,
@@ -151,10 +169,11 @@ impl Client {
         }
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
-        let message = serde_json::from_str::<ErrorBody>(&text)
-            .map(|b| b.error)
-            .unwrap_or_else(|_| format!("HTTP {status}: {}", text.trim()));
-        Err(ClientError::Api(message))
+        let (code, message) = match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(b) => (b.code, b.error),
+            Err(_) => (None, format!("HTTP {status}: {}", text.trim())),
+        };
+        Err(ClientError::Api { code, message })
     }
 
     async fn json<T: DeserializeOwned>(
@@ -162,9 +181,10 @@ impl Client {
         req: reqwest::RequestBuilder,
     ) -> Result<T, ClientError> {
         let resp = self.send(req).await?;
-        resp.json()
-            .await
-            .map_err(|e| ClientError::Api(format!("unexpected answer from {}: {e}", self.base)))
+        resp.json().await.map_err(|e| ClientError::Api {
+            code: None,
+            message: format!("unexpected answer from {}: {e}", self.base),
+        })
     }
 
     pub async fn has_module(&self, hash: &str) -> Result<bool, ClientError> {
@@ -261,24 +281,43 @@ impl Client {
                 self.upload_module(&name, bytes)
                     .await
                     .map_err(|e| match e {
-                        ClientError::Api(m) => {
-                            ClientError::Input(format!("{}: {m}", path.display()))
+                        ClientError::Api { message, .. } => {
+                            ClientError::Input(format!("{}: {message}", path.display()))
                         }
                         other => other,
                     })?;
             }
             modules.insert(name, hash);
         }
+        // The id is chosen here, so a submission retried after a lost answer (the node
+        // restarting, a connection closing) is recognised and the DAG runs once.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
         let req = SubmitRequest {
             yaml,
             source: Some(file.display().to_string()),
             modules,
+            id: Some(bx3_protocol::ids::DagId::new(now, rand::random()).to_string()),
         };
-        let resp = self.submit(&req).await.map_err(|e| match e {
-            ClientError::Api(m) => ClientError::Input(m),
-            other => other,
-        })?;
-        Ok(resp.id)
+        let deadline = Instant::now() + SUBMIT_RETRY;
+        let mut pause = Duration::from_millis(200);
+        loop {
+            match self.submit(&req).await {
+                Ok(resp) => return Ok(resp.id),
+                Err(e) if e.is_transient() && Instant::now() + pause < deadline => {
+                    tracing::debug!("submit will be retried: {e}");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+                Err(ClientError::Api {
+                    code: Some(code),
+                    message,
+                }) if code == "invalid" => return Err(ClientError::Input(message)),
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Waits for a DAG to finish, showing progress on stderr: a bar on a terminal, a line per

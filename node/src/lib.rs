@@ -1,27 +1,39 @@
 //! bx3-node: a zero-config peer-to-peer mesh that runs DAGs of WebAssembly tasks.
 //!
-//! # Layout
+//! # Layout, and who owns what
 //!
-//! - [`config`]: flags, `BX3_*` variables and defaults, validated into one `Config`.
-//! - [`node`]: the supervisor; opens the data dir, starts the actors, shuts down in order.
-//! - [`controller`]: sole owner of DAG state; the pure [`controller::planner`] decides what
-//!   runs next, the actor does the I/O (store, executors, replies).
-//! - [`executor`]: RAM-sized pool of executor processes running WASI modules on wasmer with a
-//!   hand-rolled WASI preview1 host; timeouts, memory and output limits.
-//! - [`store`]: sled behind a typed `Store`, and content-addressed module files.
-//! - [`election`]: sans-IO leader election with terms, tested by a seeded simulator.
-//! - [`net`]: the libp2p event loop (the one task that owns the Swarm) and its client.
-//! - [`mesh`]: typed mesh messages in the versioned wire envelope; membership table.
-//! - [`api`]: the HTTP API (axum) used by the CLI and scripts.
-//! - [`client`]: the CLI's side of that API (`submit`, `dag`, `dags`, `cancel`, `status`).
+//! Each piece of mutable state has one owner; the others talk to it over bounded channels.
+//!
+//! | module | what it is | owns |
+//! |---|---|---|
+//! | [`config`] | flags, `BX3_*` variables and defaults, validated into one `Config` | — |
+//! | [`node`] | the supervisor: data-dir lock, identity, starts the actors, shutdown | the `JoinSet` of actors |
+//! | [`cluster`] | the sans-IO cluster core: `Core::step(now, inputs) -> outputs` | membership, election, planner, placements, replication, worker queue, results outbox, parked API calls, long polls |
+//! | [`runtime`] | the actor around the core: a select loop carrying out its outputs | the `Core`; requests in flight (`JoinSet`); API callbacks |
+//! | [`election`] | sans-IO leader election with terms and signed votes (its own simulator) | (inside the core) |
+//! | [`net`] | the libp2p event loop and its cloneable client | the `Swarm`, connections, dials |
+//! | [`executor`] | RAM-sized pool of executor processes running WASI modules on wasmer | executor processes, compiled-module cache |
+//! | [`store`] | sled behind a typed `Store`; content-addressed module files | the database (written only by the runtime, as the core says) |
+//! | [`api`] | the HTTP API (axum) used by the CLI, scripts and the dashboard | — (asks the runtime) |
+//! | [`client`] | the CLI's side of that API | — |
+//!
+//! ```text
+//!   api ──Call──▶ runtime (Core) ──Run──▶ executor::Pool ──Done──▶ runtime
+//!                   │   ▲                                          
+//!       Write/Flush ▼   │ Event                                    
+//!                 store  net ◀──▶ peers (gossip, request-response)
+//! ```
+//!
+//! Mesh messages themselves (gossip, requests, responses) are wire types in
+//! `bx3_protocol::mesh`.
 
 pub mod api;
 pub mod client;
+pub mod cluster;
 pub mod config;
-pub mod controller;
 pub mod election;
 pub mod executor;
-pub mod mesh;
 pub mod net;
 pub mod node;
+pub mod runtime;
 pub mod store;

@@ -305,7 +305,10 @@ async fn client_command(cmd: Command) -> Result<(), ClientError> {
                 }
                 Ok(())
             }
-            Err(ClientError::Api(m)) if m.contains("already finished") => {
+            Err(ClientError::Api {
+                code: Some(code),
+                message: m,
+            }) if code == "already_finished" => {
                 eprintln!("bx3-node: {m}");
                 Err(ClientError::DagDidNotSucceed {
                     id: a.id,

@@ -2,7 +2,7 @@
 //! down in order on Ctrl-C / SIGTERM.
 //!
 //! ```text
-//!  run() ── lock data dir ── identity ── Store ── Pool ── controller::Actor ── api (axum)
+//!  run() ── lock data dir ── identity ── Store ── Pool ── net ── runtime::Runtime ── api (axum)
 //!              every actor shares one CancellationToken; run() waits on a JoinSet
 //! ```
 
@@ -18,11 +18,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiState};
 use crate::config::Config;
-use crate::controller::{self, Actor};
 use crate::election;
 use crate::executor::{self, Pool, PoolConfig};
-use crate::mesh;
 use crate::net;
+use crate::runtime::{self, Runtime};
 use crate::store::{ModuleStore, Store, StoreError};
 use bx3_protocol::wire;
 
@@ -188,7 +187,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
     }
     let (net_tx, net_rx) = mpsc::channel(1024);
     // Gossip that does not decode as one of our messages is rejected and never forwarded.
-    let validator: net::Validator = Arc::new(|_, data| mesh::decode_gossip(data).is_ok());
+    let validator: net::Validator =
+        Arc::new(|_, data| bx3_protocol::mesh::decode_gossip(data).is_ok());
     let (net_client, net_task) = net::start(
         net::Config {
             keypair: key.clone(),
@@ -204,17 +204,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
         shutdown.clone(),
     )
     .map_err(|e| NodeError::Net(e.to_string()))?;
-    let (actor, handle) = Actor::new(controller::Parts {
-        peer_id: key.public().to_peer_id(),
+    let (actor, handle) = Runtime::new(runtime::Parts {
+        keypair: key.clone(),
         store,
         modules: modules.clone(),
         pool,
         done: done_rx,
         capacity,
-        info: controller::NodeInfo {
+        info: runtime::NodeInfo {
             ram_per_executor_mb: config.ram_per_executor_mb,
             min_free_ram_mb: config.min_free_ram_mb,
             max_executors: config.max_executors,
+            private_mesh: false,
         },
         net: net_client,
         net_events: net_rx,
@@ -227,7 +228,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
             let r = actor
                 .run()
                 .await
-                .map_err(|e| NodeError::Task(format!("controller: {e}")));
+                .map_err(|e| NodeError::Task(format!("cluster: {e}")));
             shutdown.cancel();
             r
         });

@@ -19,6 +19,11 @@ pub struct SubmitRequest {
     /// Module file name (as written in `module:`) -> lowercase hex SHA-256 of its bytes.
     /// Every module must have been uploaded (`PUT /v1/modules`) before.
     pub modules: BTreeMap<String, String>,
+    /// The DAG's id, chosen by the client (20 hex digits; see `ids::DagId`), so that a
+    /// submission retried after a lost answer is recognised and runs once. Without it the
+    /// node chooses one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
 }
 
 /// Answer to a successful submit: the DAG is durably accepted.
@@ -38,6 +43,11 @@ pub struct ModuleUploaded {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ErrorBody {
     pub error: String,
+    /// What kind of error, for scripts: `invalid`, `not_found`, `already_finished`,
+    /// `not_replicated`, `unavailable`, `no_controller`, `unauthorized`, `internal`,
+    /// `stopping`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]

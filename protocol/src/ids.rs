@@ -73,6 +73,116 @@ impl FromStr for DagId {
     }
 }
 
+/// A node's id: its libp2p peer id in text form (`12D3KooW...`). Peers send these inside
+/// messages (a term's candidate, an announcement's leader), so a value is checked where it is
+/// decoded: 1 to [`NodeId::MAX_LEN`] characters, ASCII letters and digits only. That it names a
+/// real peer is for the network layer to say (it authenticates the sender of every message).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct NodeId(String);
+
+impl NodeId {
+    /// Longer than any peer id libp2p makes (ed25519 ids are 52 characters).
+    pub const MAX_LEN: usize = 128;
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a node id (1 to 128 ASCII letters and digits)")]
+pub struct BadNodeId(pub String);
+
+impl TryFrom<String> for NodeId {
+    type Error = BadNodeId;
+    fn try_from(s: String) -> Result<NodeId, BadNodeId> {
+        if s.is_empty()
+            || s.len() > NodeId::MAX_LEN
+            || !s.bytes().all(|c| c.is_ascii_alphanumeric())
+        {
+            return Err(BadNodeId(s.chars().take(64).collect()));
+        }
+        Ok(NodeId(s))
+    }
+}
+
+impl FromStr for NodeId {
+    type Err = BadNodeId;
+    fn from_str(s: &str) -> Result<NodeId, BadNodeId> {
+        NodeId::try_from(s.to_string())
+    }
+}
+
+impl From<NodeId> for String {
+    fn from(id: NodeId) -> String {
+        id.0
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A module's SHA-256, as 64 lowercase hex digits: how modules are named everywhere (store
+/// files, DAG specs, fetches between nodes). Checked where it is decoded.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ModuleHash(String);
+
+impl ModuleHash {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a module hash (expected 64 lowercase hex digits of SHA-256)")]
+pub struct BadModuleHash(pub String);
+
+impl TryFrom<String> for ModuleHash {
+    type Error = BadModuleHash;
+    fn try_from(s: String) -> Result<ModuleHash, BadModuleHash> {
+        if s.len() != 64 || !s.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(BadModuleHash(s.chars().take(80).collect()));
+        }
+        Ok(ModuleHash(s))
+    }
+}
+
+impl FromStr for ModuleHash {
+    type Err = BadModuleHash;
+    fn from_str(s: &str) -> Result<ModuleHash, BadModuleHash> {
+        ModuleHash::try_from(s.to_string())
+    }
+}
+
+impl From<ModuleHash> for String {
+    fn from(h: ModuleHash) -> String {
+        h.0
+    }
+}
+
+impl fmt::Display for ModuleHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for ModuleHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,6 +212,26 @@ mod tests {
             "é123456789abcdef012",
         ] {
             assert!(bad.parse::<DagId>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn node_ids_and_module_hashes_are_checked_where_they_are_decoded() {
+        assert!("12D3KooWAbc".parse::<NodeId>().is_ok());
+        for bad in ["", "a b", "a\nERROR", &"x".repeat(129)] {
+            assert!(bad.parse::<NodeId>().is_err(), "{bad:?}");
+            let cbor = serde_cbor::to_vec(&bad.to_string()).expect("encodes");
+            assert!(serde_cbor::from_slice::<NodeId>(&cbor).is_err(), "{bad:?}");
+        }
+        let h = "ab".repeat(32);
+        assert!(h.parse::<ModuleHash>().is_ok());
+        for bad in [
+            "",
+            "AB".repeat(32).as_str(),
+            "../etc/passwd",
+            &"a".repeat(63),
+        ] {
+            assert!(bad.parse::<ModuleHash>().is_err(), "{bad:?}");
         }
     }
 }

@@ -9,12 +9,14 @@
 //! - [`dag`]: the DAG file format (YAML), its validation into a [`ValidDag`],
 //!   and the task input ABI ([`Input`], `${id}` output references).
 //! - [`api`]: JSON bodies of the HTTP API (DAG and status views, submit requests).
-//! - [`ids`]: identifiers that cross process boundaries (`DagId`).
+//! - [`ids`]: identifiers that cross process boundaries (`DagId`, `NodeId`, `ModuleHash`).
+//! - [`mesh`]: what nodes say to each other (gossip, requests, responses), typed.
 //! - [`wire`]: the versioned, size-limited envelope of every mesh message.
 
 pub mod api;
 pub mod dag;
 pub mod ids;
+pub mod mesh;
 pub mod wire;
 
 pub use dag::{

@@ -8,7 +8,7 @@
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// The wire version this build speaks.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// Gossipsub's own cap is 64 KiB; gossip carries only small periodic messages.
 pub const MAX_GOSSIP: usize = 64 * 1024;
 /// Requests and responses: assignments carry resolved inputs, results carry outputs (8 MiB).
@@ -89,9 +89,9 @@ mod tests {
 
     #[test]
     fn golden_bytes_stay_decodable() {
-        // {"v": 1, "body": {"Ping": {"n": 7}}} as written by version 1. If this breaks, an
+        // {"v": 2, "body": {"Ping": {"n": 7}}} as written by version 2. If this breaks, an
         // old node's message no longer decodes: that needs a new wire version, not an edit.
-        let golden = hex_bytes("a2 6176 01 64626f6479 a1 6450696e67 a1 616e 07");
+        let golden = hex_bytes("a2 6176 02 64626f6479 a1 6450696e67 a1 616e 07");
         assert_eq!(decode::<Msg>(&golden, MAX_GOSSIP), Ok(Msg::Ping { n: 7 }));
         assert_eq!(
             encode(&Msg::Ping { n: 7 }, MAX_GOSSIP).expect("encodes"),
@@ -116,10 +116,16 @@ mod tests {
             v: u16,
             body: &'a str,
         }
-        let future = serde_cbor::to_vec(&Future { v: 2, body: "hi" }).expect("encodes");
+        let future = serde_cbor::to_vec(&Future { v: 3, body: "hi" }).expect("encodes");
         let err = decode::<Msg>(&future, MAX_GOSSIP).expect_err("future version");
-        assert_eq!(err, CodecError::Version { got: 2 });
-        assert!(err.to_string().contains("version 2"));
+        assert_eq!(err, CodecError::Version { got: 3 });
+        assert!(err.to_string().contains("version 3"));
+        // A version-1 node's message (bx3 0.1 before this round) is refused with the reason.
+        let old = hex_bytes("a2 6176 01 64626f6479 a1 6450696e67 a1 616e 07");
+        assert_eq!(
+            decode::<Msg>(&old, MAX_GOSSIP),
+            Err(CodecError::Version { got: 1 })
+        );
 
         for garbage in [&b""[..], b"\xff\xff\xff", b"hello", b"\xa1\x61v\x01"] {
             assert!(

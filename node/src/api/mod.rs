@@ -24,14 +24,15 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use bx3_protocol::api::{ErrorBody, ModuleUploaded, StatusView, SubmitRequest, SubmitResponse};
 use bx3_protocol::dag::parse_dag;
-use bx3_protocol::ids::DagId;
+use bx3_protocol::ids::{DagId, ModuleHash};
 use serde::Deserialize;
 use tokio::sync::Semaphore;
 
-use crate::controller::{ControllerError, Handle};
 use crate::executor::runtime::Runtime;
+use crate::runtime::{CallError, Handle};
 use crate::store::modules::{is_hash, sha256_hex};
 use crate::store::{ModuleStore, SpecRecord};
+use bx3_protocol::mesh::Refusal;
 
 /// Largest module accepted.
 pub const MAX_MODULE_BYTES: usize = 64 * 1024 * 1024;
@@ -78,13 +79,26 @@ pub fn router(state: ApiState) -> Router {
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
+    code: &'static str,
     message: String,
 }
 
 impl ApiError {
     fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        let code = match status {
+            StatusCode::BAD_REQUEST
+            | StatusCode::PAYLOAD_TOO_LARGE
+            | StatusCode::UNPROCESSABLE_ENTITY => "invalid",
+            StatusCode::NOT_FOUND => "not_found",
+            StatusCode::CONFLICT => "already_finished",
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => "unauthorized",
+            StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+            StatusCode::GATEWAY_TIMEOUT => "not_replicated",
+            _ => "internal",
+        };
         ApiError {
             status,
+            code,
             message: message.into(),
         }
     }
@@ -99,16 +113,45 @@ impl IntoResponse for ApiError {
             self.status,
             Json(ErrorBody {
                 error: self.message,
+                code: Some(self.code.to_string()),
             }),
         )
             .into_response()
     }
 }
 
-impl From<ControllerError> for ApiError {
-    fn from(e: ControllerError) -> ApiError {
-        let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        ApiError::new(status, e.to_string())
+impl From<CallError> for ApiError {
+    fn from(e: CallError) -> ApiError {
+        let (status, code) = match &e {
+            CallError::Stopped => (StatusCode::SERVICE_UNAVAILABLE, "stopping"),
+            CallError::Refused(r) => match r {
+                Refusal::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+                Refusal::AlreadyFinished { .. } => (StatusCode::CONFLICT, "already_finished"),
+                Refusal::NotReplicated(_) => (StatusCode::GATEWAY_TIMEOUT, "not_replicated"),
+                Refusal::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
+                Refusal::NoLeader | Refusal::NotLeader { .. } | Refusal::WrongTerm { .. } => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "no_controller")
+                }
+                Refusal::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+                Refusal::NotEntitled(_) | Refusal::Internal(_) => {
+                    (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+                }
+            },
+        };
+        let message = match &e {
+            CallError::Refused(Refusal::NotReplicated(id)) => format!(
+                "DAG {id} is stored on the controller and will run, but no other node confirmed a copy within 30 s, so it would not survive the loss of that node; follow it with `bx3-node dag {id}` (do not resubmit)"
+            ),
+            CallError::Refused(Refusal::NotLeader { .. } | Refusal::WrongTerm { .. }) => {
+                "no controller could be reached; try again in a moment".to_string()
+            }
+            _ => e.to_string(),
+        };
+        ApiError {
+            status,
+            code,
+            message,
+        }
     }
 }
 
@@ -116,6 +159,13 @@ impl From<BytesRejection> for ApiError {
     fn from(e: BytesRejection) -> ApiError {
         ApiError::new(e.status(), e.body_text())
     }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 fn parse_id(id: &str) -> Result<DagId, ApiError> {
@@ -223,19 +273,30 @@ async fn submit(
     for name in dag.module_names() {
         let Some(hash) = req.modules.get(&name) else {
             return Err(ApiError::bad_request(format!(
-                "{origin}: module {name} is used by the DAG but was not uploaded with it"
+                "{origin}: module {name:?} is used by the DAG but was not uploaded with it"
             )));
         };
-        if !st.modules.contains(hash) {
+        let hash: ModuleHash = hash
+            .parse()
+            .map_err(|e| ApiError::bad_request(format!("{origin}: module {name:?}: {e}")))?;
+        if !st.modules.contains(hash.as_str()) {
             return Err(ApiError::bad_request(format!(
-                "{origin}: module {name} ({hash}) is not on this node; upload it first (PUT /v1/modules)"
+                "{origin}: module {name:?} ({hash}) is not on this node; upload it first (PUT /v1/modules)"
             )));
         }
-        modules.insert(name, hash.clone());
+        modules.insert(name, hash);
     }
+    // The id is fixed here (or by the client), before the DAG travels: a retry anywhere on
+    // the way is then the same submission.
+    let id = match &req.id {
+        Some(id) => id
+            .parse::<DagId>()
+            .map_err(|e| ApiError::bad_request(format!("{origin}: {e}")))?,
+        None => DagId::new(now_ms(), rand::random()),
+    };
     let id = st
         .controller
-        .submit(SpecRecord { dag, modules }, req.source)
+        .submit(id, SpecRecord { dag, modules }, req.source)
         .await?;
     Ok((
         StatusCode::CREATED,

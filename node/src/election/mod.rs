@@ -74,28 +74,21 @@ pub(crate) mod sim;
 const MAX_EPOCH_JUMP: u64 = 1 << 32;
 
 /// What a node id must be: the mesh uses peer ids as text, the simulator `u64`.
-pub trait NodeId: Clone + Ord + Hash + Debug + Serialize + DeserializeOwned {}
-impl<T: Clone + Ord + Hash + Debug + Serialize + DeserializeOwned> NodeId for T {}
+pub trait ElectionId: Clone + Ord + Hash + Debug + Serialize + DeserializeOwned {}
+impl<T: Clone + Ord + Hash + Debug + Serialize + DeserializeOwned> ElectionId for T {}
 
-/// A leadership term: epoch first, then the candidate that stood (and only it can lead it).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Term<Id> {
-    pub epoch: u64,
-    pub candidate: Id,
-}
+pub use bx3_protocol::mesh::{LogPos, Signature, SignedVote, Term, MAX_CERT_VOTES};
 
-/// Position in the replicated state, given by the node: the term of its last entry, then a
-/// sequence number. Ordered: a later term beats any sequence number of an earlier one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct LogPos<Id> {
-    pub term: Option<Term<Id>>,
-    pub seq: u64,
-}
+/// What nodes say to each other about the election (the wire type).
+pub type Message<Id> = bx3_protocol::mesh::ElectionMessage<Id>;
 
-impl<Id> Default for LogPos<Id> {
-    fn default() -> Self {
-        LogPos { term: None, seq: 0 }
-    }
+/// Signs this node's votes and checks other nodes' votes. The node signs with its libp2p
+/// identity key (a voter's peer id holds its public key); the simulators use a keyed hash.
+pub trait Votes<Id>: Send + Sync {
+    /// This node's signature over its vote for `term`.
+    fn sign(&self, term: &Term<Id>) -> Signature;
+    /// Whether `sig` is `voter`'s signature over a vote for `term`.
+    fn verify(&self, voter: &Id, term: &Term<Id>, sig: &Signature) -> bool;
 }
 
 /// Timing, in ticks (100 ms in production).
@@ -163,27 +156,6 @@ impl<Id> Default for Persistent<Id> {
     }
 }
 
-/// What nodes say to each other about the election.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Message<Id> {
-    /// Broadcast by a leader every `heartbeat_ticks`, and at once on winning.
-    Heartbeat { term: Term<Id>, pos: LogPos<Id> },
-    /// Broadcast by a candidate standing in `term` (its own).
-    VoteRequest { term: Term<Id>, pos: LogPos<Id> },
-    /// The answer to a vote request, sent to its candidate; `term` is the candidacy's.
-    Vote { term: Term<Id>, granted: bool },
-}
-
-impl<Id> Message<Id> {
-    pub fn term(&self) -> &Term<Id> {
-        match self {
-            Message::Heartbeat { term, .. }
-            | Message::VoteRequest { term, .. }
-            | Message::Vote { term, .. } => term,
-        }
-    }
-}
-
 /// What the actor feeds the machine.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Input<Id> {
@@ -195,6 +167,9 @@ pub enum Input<Id> {
     Heard(Id),
     /// This node's current log position.
     LogPos(LogPos<Id>),
+    /// A peer says which leader it follows (its membership announcements carry it). Part of
+    /// what proves a term to a node that did not take part in its election.
+    Supports { from: Id, leader: Option<Id> },
 }
 
 /// What the machine asks of the actor, in order.
@@ -223,8 +198,9 @@ pub enum RoleChange<Id> {
 #[derive(Clone, Debug)]
 struct Campaign<Id> {
     term: Term<Id>,
-    /// Who granted, this node included.
-    votes: BTreeSet<Id>,
+    /// Who granted, this node included, with their signatures (the certificate of the term
+    /// once it is won).
+    votes: BTreeMap<Id, Signature>,
 }
 
 #[derive(Clone, Debug)]
@@ -257,10 +233,14 @@ enum Answer {
 }
 
 /// The election state machine of one node. See the module docs.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Election<Id> {
     me: Id,
     params: Params,
+    /// Signs our votes, checks others'.
+    signer: std::sync::Arc<dyn Votes<Id>>,
+    /// The signed votes that won the term we lead (sent with every heartbeat).
+    cert: Vec<SignedVote<Id>>,
     rng: u64,
     now: u64,
     // Durable.
@@ -276,14 +256,70 @@ pub struct Election<Id> {
     deadline: u64,
     /// Peers and the tick they were last heard.
     alive: BTreeMap<Id, u64>,
+    /// The leader each peer last said it follows.
+    support: BTreeMap<Id, Id>,
     /// No entry of `alive` expires before this tick.
     prune_at: u64,
 }
 
-impl<Id: NodeId> Election<Id> {
+impl<Id: Debug> Debug for Election<Id> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Election")
+            .field("me", &self.me)
+            .field("epoch", &self.epoch)
+            .field("term", &self.term)
+            .field("voted", &self.voted)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Votes "signed" with a keyed hash: what the simulators and tests use in place of ed25519.
+/// Unforgeable inside a simulation (no simulated node forges), deterministic across runs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HashVotes<Id> {
+    me: Option<Id>,
+}
+
+impl<Id> HashVotes<Id> {
+    pub fn new(me: Id) -> Self {
+        HashVotes { me: Some(me) }
+    }
+}
+
+impl<Id: Hash> HashVotes<Id> {
+    fn mac(voter: &Id, term: &Term<Id>) -> Signature {
+        use std::hash::Hasher;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        b"bx3 test vote".hash(&mut h);
+        voter.hash(&mut h);
+        term.hash(&mut h);
+        Signature(h.finish().to_be_bytes().to_vec())
+    }
+}
+
+impl<Id: Hash + Send + Sync> Votes<Id> for HashVotes<Id> {
+    fn sign(&self, term: &Term<Id>) -> Signature {
+        match &self.me {
+            Some(me) => Self::mac(me, term),
+            None => Signature::default(),
+        }
+    }
+    fn verify(&self, voter: &Id, term: &Term<Id>, sig: &Signature) -> bool {
+        Self::mac(voter, term) == *sig
+    }
+}
+
+impl<Id: ElectionId> Election<Id> {
     /// A node starting (or restarting from its last [`Persistent`]). `seed` drives the
     /// randomized timeouts; give each node its own.
-    pub fn new(me: Id, params: Params, persisted: Option<Persistent<Id>>, seed: u64) -> Self {
+    pub fn new(
+        me: Id,
+        params: Params,
+        persisted: Option<Persistent<Id>>,
+        seed: u64,
+        signer: std::sync::Arc<dyn Votes<Id>>,
+    ) -> Self {
         let params = params.sanitized();
         let p = persisted.unwrap_or_default();
         // A hand-edited or corrupt record: the epoch covers the term and the vote.
@@ -297,6 +333,8 @@ impl<Id: NodeId> Election<Id> {
         let mut e = Election {
             me,
             params,
+            signer,
+            cert: Vec::new(),
             rng: seed,
             now: 0,
             dirty: epoch != p.epoch,
@@ -307,6 +345,7 @@ impl<Id: NodeId> Election<Id> {
             role: Role::Follower { leader_seen: None },
             deadline: 0,
             alive: BTreeMap::new(),
+            support: BTreeMap::new(),
             prune_at: u64::MAX,
         };
         // Rule: a (re)started node listens a full election timeout before standing.
@@ -322,6 +361,19 @@ impl<Id: NodeId> Election<Id> {
             Input::Tick => self.tick(out),
             Input::Heard(id) => self.heard(id),
             Input::LogPos(pos) => self.pos = pos,
+            Input::Supports { from, leader } => {
+                if from != self.me {
+                    self.heard(from.clone());
+                    match leader {
+                        Some(l) => {
+                            self.support.insert(from, l);
+                        }
+                        None => {
+                            self.support.remove(&from);
+                        }
+                    }
+                }
+            }
             Input::Receive { from, msg } => {
                 if from != self.me {
                     self.heard(from.clone());
@@ -405,6 +457,8 @@ impl<Id: NodeId> Election<Id> {
                 }
                 keep
             });
+            let alive = &self.alive;
+            self.support.retain(|id, _| alive.contains_key(id));
             self.prune_at = oldest.saturating_add(window);
         }
         match &self.role {
@@ -469,13 +523,19 @@ impl<Id: NodeId> Election<Id> {
             return;
         }
         match msg {
-            Message::Heartbeat { term, .. } => self.on_heartbeat(from, term, out),
+            Message::Heartbeat { term, cert, .. } => self.on_heartbeat(from, term, cert, out),
             Message::VoteRequest { term, pos } => self.on_vote_request(from, term, pos, out),
-            Message::Vote { term, granted } => self.on_vote(from, term, granted, out),
+            Message::Vote { term, granted, sig } => self.on_vote(from, term, granted, sig, out),
         }
     }
 
-    fn on_heartbeat(&mut self, from: Id, term: Term<Id>, out: &mut Vec<Output<Id>>) {
+    fn on_heartbeat(
+        &mut self,
+        from: Id,
+        term: Term<Id>,
+        cert: Vec<SignedVote<Id>>,
+        out: &mut Vec<Output<Id>>,
+    ) {
         // Rule: only a term's own candidate sends its heartbeats. Why: leadership is never
         // delegated; a relayed or forged heartbeat could make us follow a dead node.
         if from != term.candidate {
@@ -490,9 +550,30 @@ impl<Id: NodeId> Election<Id> {
         };
         match order {
             // Rule: a heartbeat of a higher term is followed at once, by a leader too (it
-            // steps down). Why: the higher term wins; this is how two sides of a healed
-            // partition agree, and how a new leader is recognised.
-            Ordering::Greater => self.follow(term, out),
+            // steps down) — if this node can see that the sender won it: it voted for it
+            // itself, or at least half of the members this node knows (itself and the peers
+            // it hears) back the sender: signed votes in the heartbeat's certificate, or
+            // announcements naming it as their leader. Why: the higher term wins; this is how
+            // two sides of a healed partition agree, and how a new leader is recognised; the
+            // proof keeps a stale node, a bug or a stranger from taking the mesh over with
+            // one message.
+            Ordering::Greater if self.proven(&term, &cert) => self.follow(term, out),
+            // Rule: an unproven higher term makes a leader re-win itself a term above it;
+            // others ignore it (a listener's timer keeps running: the announcements that
+            // prove a real leader arrive within a second). Why: if that term is real, its
+            // side is smaller than ours as we see it (a healed partition): our re-won term,
+            // backed by more of the group, then proves itself to that side; if it is not
+            // real, nothing follows it.
+            Ordering::Greater => {
+                if let Role::Leader { campaign, .. } = &self.role {
+                    if campaign
+                        .as_ref()
+                        .is_none_or(|(c, _)| c.term.epoch <= term.epoch)
+                    {
+                        self.reelect(out);
+                    }
+                }
+            }
             Ordering::Equal => match &mut self.role {
                 // Rule: a heartbeat of our term keeps the leader alive: reset the election
                 // timer and renew the lease. Why: the leader is fine.
@@ -619,10 +700,22 @@ impl<Id: NodeId> Election<Id> {
         }
     }
 
-    fn on_vote(&mut self, from: Id, term: Term<Id>, granted: bool, out: &mut Vec<Output<Id>>) {
+    fn on_vote(
+        &mut self,
+        from: Id,
+        term: Term<Id>,
+        granted: bool,
+        sig: Option<Signature>,
+        out: &mut Vec<Output<Id>>,
+    ) {
         if !granted || term.candidate != self.me {
             return;
         }
+        // Rule: a vote counts only with its voter's signature over the term. Why: the votes
+        // become the term's certificate, which other nodes check.
+        let Some(sig) = sig.filter(|s| self.signer.verify(&from, &term, s)) else {
+            return;
+        };
         let votes = match &mut self.role {
             Role::Candidate { campaign } if campaign.term == term => &mut campaign.votes,
             Role::Leader {
@@ -631,7 +724,9 @@ impl<Id: NodeId> Election<Id> {
             } if campaign.term == term => &mut campaign.votes,
             _ => return,
         };
-        votes.insert(from);
+        if votes.len() < MAX_CERT_VOTES {
+            votes.insert(from, sig);
+        }
         if self.campaign().is_some_and(|c| self.has_quorum(&c.votes)) {
             self.win(term, out);
         }
@@ -669,10 +764,11 @@ impl<Id: NodeId> Election<Id> {
             epoch,
             candidate: self.me.clone(),
         };
+        let own = self.signer.sign(&term);
         self.role = Role::Candidate {
             campaign: Campaign {
                 term: term.clone(),
-                votes: BTreeSet::from([self.me.clone()]),
+                votes: BTreeMap::from([(self.me.clone(), own)]),
             },
         };
         self.deadline = self.now.saturating_add(self.timeout());
@@ -711,11 +807,12 @@ impl<Id: NodeId> Election<Id> {
             candidate: self.me.clone(),
         };
         let until = self.now.saturating_add(self.params.election_timeout_max);
+        let own = self.signer.sign(&term);
         if let Role::Leader { campaign, .. } = &mut self.role {
             *campaign = Some((
                 Campaign {
                     term: term.clone(),
-                    votes: BTreeSet::from([self.me.clone()]),
+                    votes: BTreeMap::from([(self.me.clone(), own)]),
                 },
                 until,
             ));
@@ -738,6 +835,19 @@ impl<Id: NodeId> Election<Id> {
         if self.term.as_ref().is_some_and(|mine| *mine >= term) {
             return;
         }
+        self.cert = self
+            .campaign()
+            .filter(|c| c.term == term)
+            .map(|c| {
+                c.votes
+                    .iter()
+                    .map(|(voter, sig)| SignedVote {
+                        voter: voter.clone(),
+                        sig: sig.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         self.term = Some(term.clone());
         self.dirty = true;
         self.role = Role::Leader {
@@ -757,7 +867,11 @@ impl<Id: NodeId> Election<Id> {
         }
         if let Some(term) = self.term.clone() {
             let pos = self.advertised_pos();
-            self.emit(out, Output::Broadcast(Message::Heartbeat { term, pos }));
+            let cert = self.cert.clone();
+            self.emit(
+                out,
+                Output::Broadcast(Message::Heartbeat { term, pos, cert }),
+            );
         }
     }
 
@@ -815,6 +929,7 @@ impl<Id: NodeId> Election<Id> {
             Role::Leader { .. } => {}
         }
         let to = term.candidate.clone();
+        let sig = Some(self.signer.sign(&term));
         self.emit(
             out,
             Output::Send {
@@ -822,6 +937,7 @@ impl<Id: NodeId> Election<Id> {
                 msg: Message::Vote {
                     term,
                     granted: true,
+                    sig,
                 },
             },
         );
@@ -836,6 +952,7 @@ impl<Id: NodeId> Election<Id> {
                 msg: Message::Vote {
                     term,
                     granted: false,
+                    sig: None,
                 },
             },
         );
@@ -862,13 +979,71 @@ impl<Id: NodeId> Election<Id> {
     }
 
     /// A strict majority of the electorate: the alive set, this node, and anyone who voted.
-    fn has_quorum(&self, votes: &BTreeSet<Id>) -> bool {
+    fn has_quorum(&self, votes: &BTreeMap<Id, Signature>) -> bool {
         let outside = votes
-            .iter()
+            .keys()
             .filter(|v| **v != self.me && !self.alive.contains_key(*v))
             .count();
         let electorate = 1 + self.alive.len() + outside;
         votes.len() * 2 > electorate
+    }
+
+    /// Whether this node can see that `term` was won: it voted for it itself; or at least
+    /// half of the members it knows (itself and the peers it hears) back its candidate; or,
+    /// while it has a leader, the candidate has at least the backing its own leader has.
+    ///
+    /// A candidate's backing is the candidate itself (its authorship of the message counts),
+    /// valid signed votes for the term in `cert`, and peers whose announcements name it as
+    /// their leader; only members this node hears are counted. Half rather than a majority,
+    /// and the comparison with the current leader: when two or more sides of a healed
+    /// partition meet, one of them must be followable, or the group keeps two controllers.
+    /// One node alone (a stale node, a bug, a stranger) never has the backing of a leader
+    /// followed by others.
+    fn proven(&self, term: &Term<Id>, cert: &[SignedVote<Id>]) -> bool {
+        if self
+            .voted
+            .as_ref()
+            .is_some_and(|(e, c)| *e == term.epoch && *c == term.candidate)
+        {
+            return true;
+        }
+        let mut voters: BTreeSet<&Id> = self.backers(&term.candidate);
+        for v in cert.iter().take(MAX_CERT_VOTES) {
+            if v.voter != self.me
+                && self.alive.contains_key(&v.voter)
+                && !voters.contains(&v.voter)
+                && self.signer.verify(&v.voter, term, &v.sig)
+            {
+                voters.insert(&v.voter);
+            }
+        }
+        let electorate = 1 + self.alive.len();
+        if voters.len() * 2 >= electorate {
+            return true;
+        }
+        // Our own leader's backing, us included.
+        match self.leader() {
+            Some(ours) if *ours != term.candidate => {
+                let mut own = self.backers(ours);
+                own.insert(&self.me);
+                voters.len() >= own.len()
+            }
+            _ => false,
+        }
+    }
+
+    /// `candidate` and the members heard from that announce it as their leader.
+    fn backers<'a>(&'a self, candidate: &'a Id) -> BTreeSet<&'a Id> {
+        let mut out = BTreeSet::new();
+        if *candidate == self.me || self.alive.contains_key(candidate) {
+            out.insert(candidate);
+        }
+        for (peer, leader) in &self.support {
+            if leader == candidate && self.alive.contains_key(peer) {
+                out.insert(peer);
+            }
+        }
+        out
     }
 
     fn emit(&mut self, out: &mut Vec<Output<Id>>, o: Output<Id>) {
@@ -904,6 +1079,15 @@ impl<Id: NodeId> Election<Id> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::sync::Arc;
+
+    fn signer(id: u64) -> Arc<dyn Votes<u64>> {
+        Arc::new(HashVotes::new(id))
+    }
+
+    fn sig(voter: u64, t: &Term<u64>) -> Option<Signature> {
+        Some(HashVotes::new(voter).sign(t))
+    }
 
     type Out = Vec<Output<u64>>;
 
@@ -918,7 +1102,7 @@ mod tests {
     };
 
     fn node(me: u64) -> Election<u64> {
-        Election::new(me, P, None, me)
+        Election::new(me, P, None, me, signer(me))
     }
 
     fn step(e: &mut Election<u64>, input: Input<u64>) -> Out {
@@ -952,6 +1136,7 @@ mod tests {
             msg: Message::Heartbeat {
                 term: term(epoch, leader),
                 pos: LogPos::default(),
+                cert: vec![],
             },
         }
     }
@@ -1021,6 +1206,10 @@ mod tests {
                         term: Some(t),
                         seq: 0,
                     },
+                    cert: vec![SignedVote {
+                        voter: 1,
+                        sig: HashVotes::new(1).sign(&t),
+                    }],
                 }),
             ]
         );
@@ -1047,6 +1236,7 @@ mod tests {
                     msg: Message::Vote {
                         term: term(1, 2),
                         granted: true,
+                        sig: sig(1, &term(1, 2)),
                     },
                 },
             ]
@@ -1064,7 +1254,7 @@ mod tests {
             answer(&step(&mut e, request(1, 3, LogPos::default())), 3),
             Some(false)
         );
-        let mut e = Election::new(1, P, Some(e.persistent()), 9);
+        let mut e = Election::new(1, P, Some(e.persistent()), 9, signer(1));
         assert_eq!(
             answer(&step(&mut e, request(1, 3, LogPos::default())), 3),
             Some(false)
@@ -1101,7 +1291,7 @@ mod tests {
         assert!(e.accepts(&term(5, 2)));
         assert!(e.accepts(&term(6, 0)));
         // A restart remembers the term.
-        let e = Election::new(1, P, Some(e.persistent()), 3);
+        let e = Election::new(1, P, Some(e.persistent()), 3, signer(1));
         assert_eq!((e.term(), e.leader()), (Some(&term(5, 2)), None));
     }
 
@@ -1113,8 +1303,20 @@ mod tests {
         // Same epoch, lower candidate: ignored.
         assert!(step(&mut e, heartbeat(1, 0)).is_empty());
         assert!(e.is_leader());
-        // Same epoch, higher candidate: step down and follow.
-        let out = step(&mut e, heartbeat(1, 2));
+        // Same epoch, higher candidate, backed by half of what node 1 knows (0 voted for
+        // it, 2 is its candidate, out of 0, 1 and 2): step down and follow.
+        let backed = Input::Receive {
+            from: 2,
+            msg: Message::Heartbeat {
+                term: term(1, 2),
+                pos: LogPos::default(),
+                cert: vec![SignedVote {
+                    voter: 0,
+                    sig: HashVotes::new(0).sign(&term(1, 2)),
+                }],
+            },
+        };
+        let out = step(&mut e, backed);
         assert_eq!(
             out,
             vec![
@@ -1131,6 +1333,58 @@ mod tests {
         );
         assert!(!e.is_leader());
         assert_eq!(e.leader(), Some(&2));
+    }
+
+    /// A stale node, a bug or a stranger claiming a higher term is not followed without
+    /// proof; a leader answers it by re-winning itself a term above it, so that the claimant
+    /// (if it is real, a smaller side of a healed partition) can follow.
+    #[test]
+    fn an_unproven_higher_term_is_not_followed() {
+        let mut e = node(1);
+        ticks(&mut e, 30);
+        assert!(e.is_leader());
+        for peer in [3, 4] {
+            step(&mut e, Input::Heard(peer));
+        }
+        // Node 9 claims epoch 7 with a forged certificate: votes it signed for 3 and 4.
+        let forged = Input::Receive {
+            from: 9,
+            msg: Message::Heartbeat {
+                term: term(7, 9),
+                pos: LogPos::default(),
+                cert: vec![
+                    SignedVote {
+                        voter: 3,
+                        sig: HashVotes::new(9).sign(&term(7, 9)),
+                    },
+                    SignedVote {
+                        voter: 4,
+                        sig: HashVotes::new(9).sign(&term(7, 9)),
+                    },
+                ],
+            },
+        };
+        let out = step(&mut e, forged);
+        assert!(e.is_leader(), "still leading");
+        assert_eq!(e.term(), Some(&term(1, 1)));
+        assert_eq!(
+            stood(&out).map(|t| t.epoch),
+            Some(8),
+            "re-wins above it: {out:?}"
+        );
+        // What the members announce counts as backing: once 3 and 4 say they follow 9, its
+        // term is proven.
+        for peer in [3, 4] {
+            step(
+                &mut e,
+                Input::Supports {
+                    from: peer,
+                    leader: Some(9),
+                },
+            );
+        }
+        step(&mut e, heartbeat(7, 9));
+        assert_eq!(e.leader(), Some(&9));
     }
 
     #[test]
@@ -1180,7 +1434,7 @@ mod tests {
             term: Some(term(7, 3)),
             voted: None,
         };
-        let mut e = Election::new(1, P, Some(stranded), 1);
+        let mut e = Election::new(1, P, Some(stranded), 1, signer(1));
         assert!(e.deadline >= 20, "listens a full timeout");
         assert!(step(&mut e, heartbeat(5, 2)).is_empty());
         assert_eq!(e.leader(), None);
@@ -1254,6 +1508,7 @@ mod tests {
                 msg: Message::Vote {
                     term: again,
                     granted: true,
+                    sig: sig(2, &again),
                 },
             },
         );
@@ -1346,6 +1601,7 @@ mod tests {
             Message::Heartbeat {
                 term: far,
                 pos: LogPos::default(),
+                cert: vec![],
             },
             Message::VoteRequest {
                 term: far,
@@ -1354,6 +1610,7 @@ mod tests {
             Message::Vote {
                 term: term(u64::MAX, 1),
                 granted: true,
+                sig: sig(2, &term(u64::MAX, 1)),
             },
         ] {
             assert!(step(&mut e, Input::Receive { from: 2, msg }).is_empty());
@@ -1365,6 +1622,7 @@ mod tests {
                 Message::Heartbeat {
                     term: term(4, 2),
                     pos: LogPos::default(),
+                    cert: vec![],
                 },
             ),
             (
@@ -1379,6 +1637,7 @@ mod tests {
                 Message::Vote {
                     term: term(4, 2),
                     granted: true,
+                    sig: sig(3, &term(4, 2)),
                 },
             ),
             (
@@ -1386,6 +1645,7 @@ mod tests {
                 Message::Heartbeat {
                     term: term(4, 1),
                     pos: LogPos::default(),
+                    cert: vec![],
                 },
             ),
         ] {
@@ -1402,7 +1662,7 @@ mod tests {
             term: Some(term(3, 2)),
             voted: None,
         };
-        let mut e = Election::new(1, P, Some(top), 1);
+        let mut e = Election::new(1, P, Some(top), 1, signer(1));
         e.step(Input::Heard(2), &mut Vec::new());
         let out = ticks(&mut e, 40);
         assert_eq!(stood(&out), Some(term(u64::MAX, 1)));
@@ -1416,7 +1676,7 @@ mod tests {
             election_timeout_max: 0,
             alive_window: 0,
         };
-        let mut e = Election::new(1, zero, None, 0);
+        let mut e = Election::new(1, zero, None, 0, signer(1));
         ticks(&mut e, 10);
         assert!(e.is_leader());
         let huge = Params {
@@ -1425,7 +1685,7 @@ mod tests {
             election_timeout_max: u64::MAX,
             alive_window: u64::MAX,
         };
-        let mut e = Election::new(1, huge, None, 0);
+        let mut e = Election::new(1, huge, None, 0, signer(1));
         step(&mut e, Input::Heard(2));
         ticks(&mut e, 10);
         assert!(!e.is_leader());
@@ -1435,7 +1695,7 @@ mod tests {
             term: Some(term(4, 2)),
             voted: Some((6, 3)),
         };
-        let mut e = Election::new(1, P, Some(lagging), 1);
+        let mut e = Election::new(1, P, Some(lagging), 1, signer(1));
         assert_eq!(e.epoch(), 6);
         assert!(
             matches!(step(&mut e, Input::Tick).first(), Some(Output::Persist(p)) if p.epoch == 6)
@@ -1486,10 +1746,10 @@ mod tests {
                     Action::Request(ep, p, s) => vec![request(ep, p, pos(ep.min(5), 2, s))],
                     Action::Vote(ep, p, granted) => vec![Input::Receive {
                         from: p,
-                        msg: Message::Vote { term: term(ep, ME), granted },
+                        msg: Message::Vote { term: term(ep, ME), granted, sig: sig(p, &term(ep, ME)) },
                     }],
                     Action::Restart => {
-                        e = Election::new(ME, P, disk.clone(), 5);
+                        e = Election::new(ME, P, disk.clone(), 5, signer(ME));
                         vec![]
                     }
                 };
@@ -1507,7 +1767,7 @@ mod tests {
                                 }
                                 disk = Some(p);
                             }
-                            Output::Send { msg: Message::Vote { term, granted: true }, .. } => {
+                            Output::Send { msg: Message::Vote { term, granted: true, .. }, .. } => {
                                 prop_assert_eq!(disk.as_ref().and_then(|d| d.voted), Some((term.epoch, term.candidate)));
                             }
                             Output::Broadcast(Message::VoteRequest { term, .. }) => {

@@ -43,9 +43,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 /// The gossipsub topic every node subscribes to (the version lives in the name).
-pub const GOSSIP_TOPIC: &str = "bx3/mesh/1";
+pub const GOSSIP_TOPIC: &str = "bx3/mesh/2";
 /// The request/response protocol name (the version lives in the name).
-pub const RPC_PROTOCOL: &str = "/bx3/rpc/1";
+pub const RPC_PROTOCOL: &str = "/bx3/rpc/2";
 /// Protocol version announced through identify.
 pub const IDENTIFY_PROTOCOL: &str = "/bx3/id/1";
 

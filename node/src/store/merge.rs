@@ -73,6 +73,7 @@ mod tests {
             output: output.map(str::to_string),
             error: None,
             node: None,
+            ..TaskRecord::default()
         }
     }
 

@@ -16,13 +16,14 @@
 
 pub mod merge;
 pub mod modules;
+mod wire;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use bx3_protocol::api::{Counts, DagState, TaskState};
+use bx3_protocol::api::{AttemptOutcome, Counts, DagState, TaskState};
 use bx3_protocol::dag::ValidDag;
-use bx3_protocol::ids::DagId;
+use bx3_protocol::ids::{DagId, ModuleHash, NodeId};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 pub use modules::ModuleStore;
@@ -63,9 +64,32 @@ pub struct DagMeta {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SpecRecord {
     pub dag: ValidDag,
-    /// Module file name -> SHA-256 (hex) of its bytes.
-    pub modules: BTreeMap<String, String>,
+    /// Module file name -> SHA-256 of its bytes.
+    pub modules: BTreeMap<String, ModuleHash>,
 }
+
+/// One attempt of a task: where and when it ran and how it ended. Times are the controller's
+/// clock (ms since the Unix epoch), so `queued <= started <= finished` holds across nodes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct AttemptRecord {
+    pub attempt: u32,
+    #[serde(default)]
+    pub node: Option<NodeId>,
+    pub outcome: AttemptOutcome,
+    #[serde(default)]
+    pub queued_ms: Option<u64>,
+    #[serde(default)]
+    pub started_ms: Option<u64>,
+    #[serde(default)]
+    pub finished_ms: Option<u64>,
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub stderr: Option<String>,
+}
+
+/// Most attempts a task record keeps (the oldest go first).
+pub const MAX_ATTEMPT_LOG: usize = 16;
 
 /// One task's durable state. A task with no record is pending and was never attempted.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -77,7 +101,13 @@ pub struct TaskRecord {
     #[serde(default)]
     pub error: Option<String>,
     #[serde(default)]
-    pub node: Option<String>,
+    pub node: Option<NodeId>,
+    /// When the task last became ready to run (or went back to the queue).
+    #[serde(default)]
+    pub queued_ms: Option<u64>,
+    /// Its attempts, oldest first (at most `MAX_ATTEMPT_LOG`).
+    #[serde(default)]
+    pub log: Vec<AttemptRecord>,
 }
 
 /// A store's full content: (tree index, key, value).
@@ -234,28 +264,28 @@ impl Store {
     }
 
     /// The election's durable term and vote (written before acting on them).
-    pub fn election(&self) -> Result<Option<crate::election::Persistent<String>>, StoreError> {
+    pub fn election(&self) -> Result<Option<crate::election::Persistent<NodeId>>, StoreError> {
         match self.meta.get(ELECTION_KEY)? {
             Some(v) => Ok(Some(decode(META, ELECTION_KEY, &v)?)),
             None => Ok(None),
         }
     }
 
-    pub fn put_election(&self, p: &crate::election::Persistent<String>) -> Result<(), StoreError> {
+    pub fn put_election(&self, p: &crate::election::Persistent<NodeId>) -> Result<(), StoreError> {
         self.meta.insert(ELECTION_KEY, encode(p)?)?;
         Ok(())
     }
 
     /// How far this node's copy of the controller's state goes: the term and sequence number
     /// of the last batch it applied (or, on the controller, produced).
-    pub fn repl_pos(&self) -> Result<crate::election::LogPos<String>, StoreError> {
+    pub fn repl_pos(&self) -> Result<crate::election::LogPos<NodeId>, StoreError> {
         match self.meta.get(REPL_KEY)? {
             Some(v) => decode(META, REPL_KEY, &v),
             None => Ok(crate::election::LogPos::default()),
         }
     }
 
-    pub fn put_repl_pos(&self, pos: &crate::election::LogPos<String>) -> Result<(), StoreError> {
+    pub fn put_repl_pos(&self, pos: &crate::election::LogPos<NodeId>) -> Result<(), StoreError> {
         self.meta.insert(REPL_KEY, encode(pos)?)?;
         Ok(())
     }
@@ -275,42 +305,6 @@ impl Store {
     pub fn put_spec(&self, id: &DagId, spec: &SpecRecord) -> Result<(), StoreError> {
         self.specs.insert(id.as_bytes(), encode(spec)?)?;
         Ok(())
-    }
-
-    /// Merges another node's knowledge of a DAG into ours (see `merge`). Returns how many
-    /// task records conflicted (two different successful outputs).
-    pub fn merge_dag(
-        &self,
-        id: &DagId,
-        meta: &DagMeta,
-        spec: Option<&SpecRecord>,
-        tasks: &[(u32, TaskRecord)],
-    ) -> Result<usize, StoreError> {
-        if let Some(spec) = spec {
-            if !self.has_spec(id)? {
-                self.put_spec(id, spec)?;
-            }
-        }
-        let mut conflicts = 0;
-        // One insert per changed record, not a `sled::Batch`: see `put_tasks`.
-        for (idx, incoming) in tasks {
-            let local = self.task(id, *idx)?;
-            let (merged, conflict) = merge::merge_task(local.as_ref(), incoming);
-            if conflict {
-                conflicts += 1;
-                tracing::warn!(dag = %id, task = idx, "two different successful outputs for one task; keeping ours");
-            }
-            if local.as_ref() != Some(&merged) {
-                self.tasks
-                    .insert(&task_key(id, *idx)[..], encode(&merged)?)?;
-            }
-        }
-        let local = self.meta(id)?;
-        let merged = merge::merge_meta(local.as_ref(), meta);
-        if local.as_ref() != Some(&merged) && self.has_spec(id)? {
-            self.put_meta(id, &merged)?;
-        }
-        Ok(conflicts)
     }
 
     /// Waits until everything written so far is on disk.
@@ -414,7 +408,10 @@ mod tests {
         .expect("valid dag");
         SpecRecord {
             dag,
-            modules: BTreeMap::from([("m.wasm".to_string(), "00".repeat(32))]),
+            modules: BTreeMap::from([(
+                "m.wasm".to_string(),
+                "00".repeat(32).parse().expect("hash"),
+            )]),
         }
     }
 
@@ -449,7 +446,8 @@ mod tests {
                 attempts: 1,
                 output: Some("héllo".into()),
                 error: None,
-                node: Some("me".into()),
+                node: Some("me".parse().expect("id")),
+                ..TaskRecord::default()
             };
             store.put_tasks([(a, 1, &rec)]).expect("put");
             futures_lite_block_on(store.flush()).expect("flush");

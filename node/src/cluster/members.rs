@@ -6,7 +6,36 @@
 
 use std::collections::HashMap;
 
-use super::{Announce, Id};
+use bx3_protocol::ids::NodeId as Id;
+use bx3_protocol::mesh::{Announce, MAX_ANNOUNCED_ADDRS};
+
+/// The most executors one node is believed to have: an announcement above it is clamped (a
+/// node that claims four billion would otherwise pull every job to itself).
+pub const MAX_EXECUTORS: u32 = 4096;
+/// The most members kept; a peer beyond it is not admitted until one leaves.
+pub const MAX_MEMBERS: usize = 1024;
+/// Longest version string kept from an announcement.
+const MAX_VERSION_LEN: usize = 64;
+
+/// An announcement as far as it can be believed: counts clamped to what a node can have,
+/// strings and lists cut to their caps.
+pub fn sanitize(mut a: Announce) -> Announce {
+    a.executors_total = a.executors_total.min(MAX_EXECUTORS);
+    a.executors_busy = a.executors_busy.min(a.executors_total);
+    // 16 TiB of RAM per executor or free is more than any device this runs on.
+    let ram_cap = 16 * 1024 * 1024;
+    a.ram_per_executor_mb = a.ram_per_executor_mb.min(ram_cap);
+    a.available_ram_mb = a.available_ram_mb.min(ram_cap);
+    a.min_free_ram_mb = a.min_free_ram_mb.min(ram_cap);
+    a.ram_slots = a.ram_slots.min(u64::from(MAX_EXECUTORS));
+    a.cpu_cores = a.cpu_cores.min(u64::from(MAX_EXECUTORS));
+    if a.version.len() > MAX_VERSION_LEN {
+        a.version = a.version.chars().take(MAX_VERSION_LEN).collect();
+    }
+    a.addrs.truncate(MAX_ANNOUNCED_ADDRS);
+    a.addrs.retain(|s| s.len() <= 256);
+    a
+}
 
 /// How long a silent peer stays a member. Announcements go out every second, so three missed
 /// in a row (far less than the original system's 60 s).
@@ -32,11 +61,13 @@ impl Members {
 
     /// Any traffic from `id`. Returns true if it was not a member before (it joined).
     pub fn heard(&mut self, id: &Id, now_ms: u64) -> bool {
+        let full = self.map.len() >= MAX_MEMBERS;
         match self.map.get_mut(id) {
             Some(m) => {
                 m.last_heard_ms = now_ms;
                 false
             }
+            None if full => false,
             None => {
                 self.map.insert(
                     id.clone(),
@@ -57,6 +88,7 @@ impl Members {
         let Some(m) = self.map.get_mut(id) else {
             return joined;
         };
+        let a = sanitize(a);
         let changed = !m.announced || m.announce.executors_total != a.executors_total;
         m.announce = a;
         m.announced = true;
@@ -110,9 +142,30 @@ mod tests {
     }
 
     #[test]
+    fn announcements_are_clamped_to_what_a_node_can_have() {
+        let mut m = Members::new();
+        let a: Id = "a".parse().expect("id");
+        let huge = Announce {
+            executors_total: u32::MAX,
+            executors_busy: u32::MAX,
+            ram_per_executor_mb: u64::MAX,
+            addrs: vec!["/ip4/1.2.3.4/tcp/1".into(); 1000],
+            version: "v".repeat(10_000),
+            ..Announce::default()
+        };
+        m.announce(&a, huge, 0);
+        let got = &m.get(&a).expect("member").announce;
+        assert_eq!(got.executors_total, MAX_EXECUTORS);
+        assert!(got.executors_busy <= got.executors_total);
+        assert!(got.ram_per_executor_mb < u64::MAX);
+        assert_eq!(got.addrs.len(), MAX_ANNOUNCED_ADDRS);
+        assert!(got.version.len() <= MAX_VERSION_LEN);
+    }
+
+    #[test]
     fn join_change_expire_rejoin() {
         let mut m = Members::new();
-        let a: Id = "a".into();
+        let a: Id = "a".parse().expect("id");
         assert!(m.announce(&a, ann(4), 0), "joins");
         assert!(!m.announce(&a, ann(4), 1000), "same capacity is no news");
         assert!(m.announce(&a, ann(2), 2000), "capacity change is news");

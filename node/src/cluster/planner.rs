@@ -1,8 +1,9 @@
-//! The DAG scheduler as a pure state machine: no clock, no I/O, no channels.
+//! The DAG scheduler as a pure state machine: no clock (times are passed in), no I/O.
 //!
-//! The controller actor feeds it submissions, results and cancellations, asks it for the next
-//! assignment while executors are free, and persists whatever it marks dirty. Keeping it free
-//! of I/O is what lets the simulator and property tests drive it directly.
+//! The cluster core feeds it submissions, results and cancellations, asks it for the next
+//! assignment while executors are free, and persists whatever it marks dirty. It also keeps
+//! each task's attempt log (where and when each attempt ran, how it ended): times are the
+//! controller's clock, so `queued <= started <= finished` holds whichever node ran it.
 //!
 //! Fair sharing: runs with ready tasks sit in a round-robin queue and each assignment takes one
 //! task from the run at the front, so a 3-task DAG submitted behind a 10,000-task DAG gets
@@ -11,20 +12,26 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
-use bx3_protocol::api::{Counts, DagState, TaskState};
-use bx3_protocol::ids::DagId;
+use bx3_protocol::api::{AttemptOutcome, Counts, DagState, TaskState};
+use bx3_protocol::dag::ValidTask;
+use bx3_protocol::ids::{DagId, ModuleHash, NodeId};
+use bx3_protocol::mesh;
 
-use crate::store::{DagMeta, SpecRecord, TaskRecord};
+use crate::store::{AttemptRecord, DagMeta, SpecRecord, TaskRecord, MAX_ATTEMPT_LOG};
 
-/// One task handed to an executor (on this node, or on a worker as `mesh::WireJob`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// Most ready tasks looked at for one node before giving up on finding one that fits it.
+const FIT_SCAN: usize = 64;
+
+/// One task the planner hands out (to this node's executors, or as a `mesh::Job` to a
+/// worker).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Assignment {
     pub dag: DagId,
     pub task: u32,
     /// 1-based attempt number; a result for an older attempt is stale and ignored.
     pub attempt: u32,
     pub module: String,
-    pub module_hash: String,
+    pub module_hash: ModuleHash,
     /// argv[0] is the module file name, argv[1..] the resolved inputs.
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
@@ -33,8 +40,80 @@ pub struct Assignment {
     pub memory_mb: Option<u64>,
 }
 
+impl From<Assignment> for mesh::Job {
+    fn from(a: Assignment) -> mesh::Job {
+        mesh::Job {
+            dag: a.dag,
+            task: a.task,
+            attempt: a.attempt,
+            module: a.module,
+            module_hash: a.module_hash,
+            argv: a.argv,
+            env: a.env,
+            stdin: a.stdin,
+            timeout_ms: a.timeout_ms,
+            memory_mb: a.memory_mb,
+        }
+    }
+}
+
 /// How an attempt ended.
 pub type Outcome = Result<String, String>;
+
+/// Who reports an attempt's end, and what it says besides the outcome.
+#[derive(Debug, Clone)]
+pub struct Report<'a> {
+    /// The node that ran it: a result is taken only from the node the attempt went to.
+    pub from: &'a NodeId,
+    /// How long it ran there (its own clock).
+    pub run_ms: u64,
+    pub stderr: Option<String>,
+}
+
+/// Appends to a task's attempt log, dropping the oldest entries past the cap.
+fn log_attempt(record: &mut TaskRecord, entry: AttemptRecord) {
+    record.log.push(entry);
+    let excess = record.log.len().saturating_sub(MAX_ATTEMPT_LOG);
+    if excess > 0 {
+        record.log.drain(..excess);
+    }
+}
+
+/// `now`, but never before anything already in the log: a new controller's clock may be
+/// behind the old one's.
+fn not_before_log(record: &TaskRecord, now_ms: u64) -> u64 {
+    record
+        .log
+        .iter()
+        .filter_map(|a| a.finished_ms.or(a.started_ms).or(a.queued_ms))
+        .max()
+        .map_or(now_ms, |t| t.max(now_ms))
+}
+
+/// Closes the running entry of `attempt` in the log.
+fn close_attempt(
+    record: &mut TaskRecord,
+    attempt: u32,
+    outcome: AttemptOutcome,
+    now_ms: u64,
+    run_ms: Option<u64>,
+) -> Option<&mut AttemptRecord> {
+    let now = not_before_log(record, now_ms);
+    let entry = record
+        .log
+        .iter_mut()
+        .rev()
+        .find(|a| a.attempt == attempt && a.outcome == AttemptOutcome::Running)?;
+    let started = entry.started_ms.unwrap_or(now);
+    entry.finished_ms = Some(now);
+    // The worker says how long it ran; where it started is then the later of when it was
+    // handed out and when it must have begun (the difference is the network and the queue).
+    if let Some(run) = run_ms {
+        entry.started_ms = Some(now.saturating_sub(run).clamp(started, now));
+    }
+    entry.outcome = outcome;
+    Some(entry)
+}
 
 /// An in-flight DAG.
 #[derive(Debug)]
@@ -99,6 +178,7 @@ impl Planner {
         meta: DagMeta,
         spec: Arc<SpecRecord>,
         mut tasks: Vec<TaskRecord>,
+        now_ms: u64,
     ) {
         let n = spec.dag.tasks.len();
         tasks.resize(n, TaskRecord::default());
@@ -117,6 +197,12 @@ impl Planner {
             if t.state == TaskState::Running {
                 t.state = TaskState::Pending;
                 t.attempts = t.attempts.saturating_sub(1);
+                for a in t.log.iter_mut() {
+                    if a.outcome == AttemptOutcome::Running {
+                        a.outcome = AttemptOutcome::Interrupted;
+                        a.finished_ms = Some(a.started_ms.unwrap_or(now_ms).max(now_ms));
+                    }
+                }
                 recovered = true;
             }
         }
@@ -126,7 +212,11 @@ impl Planner {
             run.waiting[i] = task
                 .deps
                 .iter()
-                .filter(|&&d| run.tasks[d as usize].state != TaskState::Succeeded)
+                .filter(|&&d| {
+                    run.tasks
+                        .get(d as usize)
+                        .is_none_or(|t| t.state != TaskState::Succeeded)
+                })
                 .count() as u32;
         }
         counts.total = n as u64;
@@ -139,9 +229,12 @@ impl Planner {
                 to_skip.push(i as u32);
             }
         }
-        for (i, t) in run.tasks.iter().enumerate() {
+        for (i, t) in run.tasks.iter_mut().enumerate() {
             if t.state == TaskState::Pending && run.waiting[i] == 0 {
                 run.ready.push_back(i as u32);
+                if t.queued_ms.is_none() {
+                    t.queued_ms = Some(not_before_log(t, now_ms));
+                }
             }
         }
         self.runs.insert(id, run);
@@ -180,39 +273,68 @@ impl Planner {
 
     fn set_state(&mut self, id: DagId, idx: u32, state: TaskState) {
         if let Some(run) = self.runs.get_mut(&id) {
-            let t = &mut run.tasks[idx as usize];
-            run.meta.counts.remove(t.state);
-            run.meta.counts.add(state);
-            t.state = state;
-            self.dirty_tasks.insert((id, idx));
+            if let Some(t) = run.tasks.get_mut(idx as usize) {
+                run.meta.counts.remove(t.state);
+                run.meta.counts.add(state);
+                t.state = state;
+                self.dirty_tasks.insert((id, idx));
+            }
         }
         self.touch(id);
     }
 
-    /// Takes the next task to run, round-robin over runs, or `None` when nothing is ready.
-    pub fn next_assignment(&mut self, node: &str) -> Option<Assignment> {
-        while let Some(id) = self.rr.pop_front() {
-            let Some(run) = self.runs.get_mut(&id) else {
-                continue;
-            };
-            run.queued = false;
-            let Some(idx) = run.ready.pop_front() else {
-                continue;
-            };
-            if run.tasks[idx as usize].state != TaskState::Pending {
-                // Cancelled or skipped after it became ready.
-                self.enqueue(id);
-                continue;
-            }
+    /// Takes the next task to run on `node`, round-robin over runs, or `None` when nothing
+    /// ready fits it. `fits` says whether a task can run there (its memory ask against the
+    /// node's executor size); a task that does not fit stays queued for another node.
+    pub fn next_assignment(
+        &mut self,
+        node: &NodeId,
+        now_ms: u64,
+        fits: impl Fn(&ValidTask) -> bool,
+    ) -> Option<Assignment> {
+        loop {
+            let (id, idx) = self.next_ready(&fits)?;
+            let run = self.runs.get_mut(&id)?;
             let spec = Arc::clone(&run.spec);
-            let task = &spec.dag.tasks[idx as usize];
-            let record = &mut run.tasks[idx as usize];
+            let task = spec.dag.tasks.get(idx as usize)?;
+            let Some(module_hash) = spec.modules.get(&task.module).cloned() else {
+                // Only a corrupt record can get here (a spec's module table is checked
+                // against its tasks where it is decoded): the task cannot run.
+                let error = format!(
+                    "module {:?} is missing from the DAG's module table",
+                    task.module
+                );
+                if let Some(record) = run.tasks.get_mut(idx as usize) {
+                    record.error = Some(error);
+                }
+                self.set_state(id, idx, TaskState::Failed);
+                self.skip_dependents(id, idx);
+                self.check_finished(id, Some(now_ms));
+                continue;
+            };
+            let record = run.tasks.get_mut(idx as usize)?;
             record.attempts += 1;
-            record.node = Some(node.to_string());
+            record.node = Some(node.clone());
             let attempt = record.attempts;
+            let queued = record.queued_ms;
+            let started = not_before_log(record, now_ms).max(queued.unwrap_or(0));
+            log_attempt(
+                record,
+                AttemptRecord {
+                    attempt,
+                    node: Some(node.clone()),
+                    outcome: AttemptOutcome::Running,
+                    queued_ms: queued,
+                    started_ms: Some(started),
+                    ..AttemptRecord::default()
+                },
+            );
             let outputs = &run.tasks;
             let inputs = spec.dag.resolve_inputs(idx as usize, |i| {
-                outputs[i as usize].output.as_deref().unwrap_or("")
+                outputs
+                    .get(i as usize)
+                    .and_then(|t| t.output.as_deref())
+                    .unwrap_or("")
             });
             let mut argv = Vec::with_capacity(inputs.len() + 1);
             argv.push(task.module.clone());
@@ -225,7 +347,7 @@ impl Planner {
                 task: idx,
                 attempt,
                 module: task.module.clone(),
-                module_hash: spec.modules.get(&task.module).cloned().unwrap_or_default(),
+                module_hash,
                 argv,
                 env: task
                     .env
@@ -240,29 +362,123 @@ impl Planner {
             self.enqueue(id);
             return Some(assignment);
         }
-        None
     }
 
-    /// Records how an attempt ended. Returns false (and changes nothing) for a stale result:
-    /// unknown DAG, task not running, or an attempt other than the current one.
+    /// The next ready task that fits, round-robin over runs, taken off its run's queue.
+    fn next_ready(&mut self, fits: &impl Fn(&ValidTask) -> bool) -> Option<(DagId, u32)> {
+        let mut passed_over: Vec<DagId> = Vec::new();
+        let found = loop {
+            let Some(id) = self.rr.pop_front() else {
+                break None;
+            };
+            let Some(run) = self.runs.get_mut(&id) else {
+                continue;
+            };
+            run.queued = false;
+            // The first ready task that fits this node; the ones before it keep their place.
+            let mut skipped: Vec<u32> = Vec::new();
+            let mut pick = None;
+            while let Some(idx) = run.ready.pop_front() {
+                let Some(task) = run.spec.dag.tasks.get(idx as usize) else {
+                    continue;
+                };
+                if run.tasks.get(idx as usize).map(|t| t.state) != Some(TaskState::Pending) {
+                    // Cancelled or skipped after it became ready.
+                    continue;
+                }
+                if fits(task) {
+                    pick = Some(idx);
+                    break;
+                }
+                skipped.push(idx);
+                if skipped.len() >= FIT_SCAN {
+                    break;
+                }
+            }
+            for idx in skipped.into_iter().rev() {
+                run.ready.push_front(idx);
+            }
+            match pick {
+                Some(idx) => break Some((id, idx)),
+                None if !run.ready.is_empty() => passed_over.push(id),
+                None => {}
+            }
+        };
+        for id in passed_over {
+            self.enqueue(id);
+        }
+        found
+    }
+
+    /// Records how an attempt ended. Returns false (and changes nothing) for a result that
+    /// is stale or not the sender's to give: unknown DAG or task, an attempt other than the
+    /// current one, or a node other than the one the attempt went to.
+    ///
+    /// One exception keeps a failover cheap: a task that is back in the queue (a new
+    /// controller took over, and the attempt that was running under the old one is not
+    /// known here) takes the result of exactly the attempt it would hand out next, from any
+    /// member, as if that attempt had been handed out to the sender: the outcome of an
+    /// attempt is the task's, whoever ordered it.
     pub fn on_result(
         &mut self,
         dag: DagId,
         idx: u32,
         attempt: u32,
         outcome: Outcome,
+        report: Report<'_>,
         now_ms: u64,
     ) -> bool {
         let Some(run) = self.runs.get_mut(&dag) else {
             return false;
         };
+        let Some(retries) = run.spec.dag.tasks.get(idx as usize).map(|t| t.retries) else {
+            return false;
+        };
         let Some(record) = run.tasks.get_mut(idx as usize) else {
             return false;
         };
-        if record.state != TaskState::Running || record.attempts != attempt {
+        let running = record.state == TaskState::Running
+            && record.attempts == attempt
+            && record.node.as_ref() == Some(report.from);
+        let adopted = record.state == TaskState::Pending
+            && attempt == record.attempts.saturating_add(1)
+            && run.ready.contains(&idx);
+        if !running && !adopted {
             return false;
         }
-        let retries = run.spec.dag.tasks[idx as usize].retries;
+        if adopted {
+            run.ready.retain(|&t| t != idx);
+            let record = &mut run.tasks[idx as usize];
+            record.attempts = attempt;
+            record.node = Some(report.from.clone());
+            let queued = record.queued_ms;
+            let started = not_before_log(record, now_ms);
+            log_attempt(
+                record,
+                AttemptRecord {
+                    attempt,
+                    node: Some(report.from.clone()),
+                    outcome: AttemptOutcome::Running,
+                    queued_ms: queued,
+                    started_ms: Some(started),
+                    ..AttemptRecord::default()
+                },
+            );
+            let old = record.state;
+            run.meta.counts.remove(old);
+            run.meta.counts.add(TaskState::Running);
+            record.state = TaskState::Running;
+        }
+        let record = &mut run.tasks[idx as usize];
+        let ended = if outcome.is_ok() {
+            AttemptOutcome::Succeeded
+        } else {
+            AttemptOutcome::Failed
+        };
+        if let Some(entry) = close_attempt(record, attempt, ended, now_ms, Some(report.run_ms)) {
+            entry.stderr = report.stderr;
+            entry.error = outcome.as_ref().err().cloned();
+        }
         match outcome {
             Ok(output) => {
                 record.output = Some(output);
@@ -271,11 +487,23 @@ impl Planner {
                 let Some(run) = self.runs.get_mut(&dag) else {
                     return true;
                 };
-                for &d in &run.dependents[idx as usize] {
-                    let w = &mut run.waiting[d as usize];
+                let dependents = run
+                    .dependents
+                    .get(idx as usize)
+                    .cloned()
+                    .unwrap_or_default();
+                for d in dependents {
+                    let Some(w) = run.waiting.get_mut(d as usize) else {
+                        continue;
+                    };
                     *w = w.saturating_sub(1);
-                    if *w == 0 && run.tasks[d as usize].state == TaskState::Pending {
-                        run.ready.push_back(d);
+                    if *w == 0 {
+                        if let Some(t) = run.tasks.get_mut(d as usize) {
+                            if t.state == TaskState::Pending {
+                                t.queued_ms = Some(not_before_log(t, now_ms));
+                                run.ready.push_back(d);
+                            }
+                        }
                     }
                 }
                 self.enqueue(dag);
@@ -283,6 +511,7 @@ impl Planner {
             Err(error) => {
                 record.error = Some(error);
                 if record.attempts <= retries {
+                    record.queued_ms = Some(not_before_log(record, now_ms));
                     self.set_state(dag, idx, TaskState::Pending);
                     if let Some(run) = self.runs.get_mut(&dag) {
                         run.ready.push_back(idx);
@@ -300,7 +529,7 @@ impl Planner {
 
     /// Puts a running attempt back in the queue without counting it: its node was lost or
     /// refused it, which says nothing about the task. Ignored for a stale attempt.
-    pub fn requeue(&mut self, dag: DagId, idx: u32, attempt: u32) -> bool {
+    pub fn requeue(&mut self, dag: DagId, idx: u32, attempt: u32, now_ms: u64) -> bool {
         let Some(run) = self.runs.get_mut(&dag) else {
             return false;
         };
@@ -310,8 +539,10 @@ impl Planner {
         if record.state != TaskState::Running || record.attempts != attempt {
             return false;
         }
+        close_attempt(record, attempt, AttemptOutcome::Interrupted, now_ms, None);
         record.attempts = record.attempts.saturating_sub(1);
         record.node = None;
+        record.queued_ms = Some(not_before_log(record, now_ms));
         run.ready.push_front(idx);
         self.set_state(dag, idx, TaskState::Pending);
         self.enqueue(dag);
@@ -323,24 +554,42 @@ impl Planner {
         let Some(run) = self.runs.get(&dag) else {
             return;
         };
-        let mut stack: Vec<u32> = run.dependents[idx as usize].clone();
+        let mut stack: Vec<u32> = run
+            .dependents
+            .get(idx as usize)
+            .cloned()
+            .unwrap_or_default();
         let mut to_skip = Vec::new();
         let mut seen = HashSet::new();
         while let Some(d) = stack.pop() {
             if !seen.insert(d) {
                 continue;
             }
-            if run.tasks[d as usize].state == TaskState::Pending {
+            if run.tasks.get(d as usize).map(|t| t.state) == Some(TaskState::Pending) {
                 to_skip.push(d);
-                stack.extend(run.dependents[d as usize].iter().copied());
+                stack.extend(
+                    run.dependents
+                        .get(d as usize)
+                        .into_iter()
+                        .flatten()
+                        .copied(),
+                );
             }
         }
         for d in to_skip {
             if let Some(run) = self.runs.get_mut(&dag) {
-                run.tasks[d as usize].error = Some(format!(
-                    "skipped: upstream task {:?} did not succeed",
-                    run.spec.dag.tasks[idx as usize].id
-                ));
+                let upstream = run
+                    .spec
+                    .dag
+                    .tasks
+                    .get(idx as usize)
+                    .map(|t| t.id.clone())
+                    .unwrap_or_default();
+                if let Some(t) = run.tasks.get_mut(d as usize) {
+                    t.error = Some(format!(
+                        "skipped: upstream task {upstream:?} did not succeed"
+                    ));
+                }
             }
             self.set_state(dag, d, TaskState::Skipped);
         }
@@ -363,6 +612,14 @@ impl Planner {
                 }
                 TaskState::Pending => to_cancel.push(i as u32),
                 _ => {}
+            }
+        }
+        if let Some(run) = self.runs.get_mut(&dag) {
+            for &i in &running {
+                if let Some(t) = run.tasks.get_mut(i as usize) {
+                    let attempt = t.attempts;
+                    close_attempt(t, attempt, AttemptOutcome::Cancelled, now_ms, None);
+                }
             }
         }
         for i in to_cancel {
@@ -426,12 +683,34 @@ mod tests {
     use bx3_protocol::dag::parse_dag;
     use std::collections::BTreeMap;
 
+    fn node(s: &str) -> NodeId {
+        s.parse().expect("node id")
+    }
+
+    fn next(p: &mut Planner, who: &str) -> Option<Assignment> {
+        p.next_assignment(&node(who), 0, |_| true)
+    }
+
+    /// A result from the node the attempt went to.
+    fn done(p: &mut Planner, id: DagId, task: u32, attempt: u32, out: Outcome, now: u64) -> bool {
+        let from = p
+            .run(&id)
+            .and_then(|r| r.tasks[task as usize].node.clone())
+            .unwrap_or_else(|| node("me"));
+        let report = Report {
+            from: &from,
+            run_ms: 0,
+            stderr: None,
+        };
+        p.on_result(id, task, attempt, out, report, now)
+    }
+
     fn add(p: &mut Planner, yaml: &str, seed: u32) -> DagId {
         let dag = parse_dag(yaml).expect("valid dag");
-        let modules: BTreeMap<String, String> = dag
+        let modules: BTreeMap<String, ModuleHash> = dag
             .module_names()
             .into_iter()
-            .map(|m| (m, "ab".repeat(32)))
+            .map(|m| (m, "ab".repeat(32).parse().expect("hash")))
             .collect();
         let id = DagId::new(1000, seed);
         let meta = DagMeta {
@@ -444,7 +723,13 @@ mod tests {
             version: 0,
             counts: Counts::default(),
         };
-        p.add(id, meta, Arc::new(SpecRecord { dag, modules }), Vec::new());
+        p.add(
+            id,
+            meta,
+            Arc::new(SpecRecord { dag, modules }),
+            Vec::new(),
+            0,
+        );
         id
     }
 
@@ -458,7 +743,7 @@ tasks:
 "#;
 
     fn drain(p: &mut Planner) -> Vec<Assignment> {
-        std::iter::from_fn(|| p.next_assignment("me")).collect()
+        std::iter::from_fn(|| next(p, "me")).collect()
     }
 
     #[test]
@@ -468,7 +753,7 @@ tasks:
         let a = drain(&mut p);
         assert_eq!(a.len(), 1, "only the root is ready");
         assert_eq!(a[0].argv, vec!["init.wasm", "world"]);
-        assert!(p.on_result(id, 0, 1, Ok("earth".into()), 5));
+        assert!(done(&mut p, id, 0, 1, Ok("earth".into()), 5));
         let a = drain(&mut p);
         assert_eq!(
             a.iter().map(|a| a.task).collect::<Vec<_>>(),
@@ -477,12 +762,12 @@ tasks:
         );
         assert_eq!(a[0].argv, vec!["g.wasm", "earth"]);
         assert_eq!(a[1].argv, vec!["g.wasm", "hi earth"]);
-        assert!(p.on_result(id, 1, 1, Ok("A".into()), 6));
+        assert!(done(&mut p, id, 1, 1, Ok("A".into()), 6));
         assert!(drain(&mut p).is_empty(), "agg waits for g2");
-        assert!(p.on_result(id, 2, 1, Ok("B".into()), 7));
+        assert!(done(&mut p, id, 2, 1, Ok("B".into()), 7));
         let a = drain(&mut p);
         assert_eq!(a[0].argv, vec!["a.wasm", "A", "B"]);
-        assert!(p.on_result(id, 3, 1, Ok("done".into()), 8));
+        assert!(done(&mut p, id, 3, 1, Ok("done".into()), 8));
         let run = p.run(&id).expect("run");
         assert_eq!(run.meta.state, DagState::Succeeded);
         assert_eq!(run.meta.counts.succeeded, 4);
@@ -507,15 +792,15 @@ tasks:
         );
         let a = drain(&mut p);
         assert_eq!(a.len(), 2);
-        assert!(p.on_result(id, 3, 1, Ok("ok".into()), 1));
-        assert!(p.on_result(id, 0, 1, Err("boom".into()), 1));
+        assert!(done(&mut p, id, 3, 1, Ok("ok".into()), 1));
+        assert!(done(&mut p, id, 0, 1, Err("boom".into()), 1));
         let again = drain(&mut p);
         assert_eq!((again[0].task, again[0].attempt), (0, 2), "retried once");
         assert!(
-            !p.on_result(id, 0, 1, Err("late".into()), 1),
+            !done(&mut p, id, 0, 1, Err("late".into()), 1),
             "stale attempt ignored"
         );
-        assert!(p.on_result(id, 0, 2, Err("boom".into()), 2));
+        assert!(done(&mut p, id, 0, 2, Err("boom".into()), 2));
         let run = p.run(&id).expect("run");
         assert_eq!(run.tasks[0].state, TaskState::Failed);
         assert_eq!(run.tasks[1].state, TaskState::Skipped);
@@ -533,7 +818,7 @@ tasks:
         let running = p.cancel(id, 9).expect("cancellable");
         assert_eq!(running, vec![0]);
         assert!(
-            !p.on_result(id, 0, 1, Ok("late".into()), 10),
+            !done(&mut p, id, 0, 1, Ok("late".into()), 10),
             "late result after cancel is ignored"
         );
         let run = p.run(&id).expect("run");
@@ -552,11 +837,11 @@ tasks:
         let big_id = add(&mut p, &big, 4);
         // Big DAG already occupies the executors.
         for _ in 0..4 {
-            p.next_assignment("me").expect("ready");
+            next(&mut p, "me").expect("ready");
         }
         let small_id = add(&mut p, "name: s\ntasks:\n  - {id: a, module: n.wasm}\n  - {id: b, module: n.wasm}\n  - {id: c, module: n.wasm}\n", 5);
         let next: Vec<DagId> = (0..6)
-            .filter_map(|_| p.next_assignment("me"))
+            .filter_map(|_| next(&mut p, "me"))
             .map(|a| a.dag)
             .collect();
         let small_in_first_six = next.iter().filter(|d| **d == small_id).count();
@@ -571,22 +856,25 @@ tasks:
     fn requeue_after_a_lost_node_does_not_count_an_attempt() {
         let mut p = Planner::new();
         let id = add(&mut p, FANOUT, 7);
-        let a = p.next_assignment("worker").expect("root ready");
-        assert!(p.requeue(id, a.task, a.attempt));
-        assert!(!p.requeue(id, a.task, a.attempt), "not running any more");
-        let again = p.next_assignment("other").expect("ready again");
+        let a = next(&mut p, "worker").expect("root ready");
+        assert!(p.requeue(id, a.task, a.attempt, 0));
+        assert!(!p.requeue(id, a.task, a.attempt, 0), "not running any more");
+        let again = next(&mut p, "other").expect("ready again");
         assert_eq!(
             (again.task, again.attempt),
             (0, 1),
             "same attempt number, not counted"
         );
         assert!(
-            !p.on_result(id, 0, 2, Ok("x".into()), 1),
+            !done(&mut p, id, 0, 2, Ok("x".into()), 1),
             "unknown attempt ignored"
         );
-        assert!(p.on_result(id, 0, 1, Ok("x".into()), 1));
+        assert!(done(&mut p, id, 0, 1, Ok("x".into()), 1));
         assert_eq!(
-            p.run(&id).expect("run").tasks[0].node.as_deref(),
+            p.run(&id).expect("run").tasks[0]
+                .node
+                .as_ref()
+                .map(NodeId::as_str),
             Some("other")
         );
     }
@@ -596,9 +884,9 @@ tasks:
         let mut p = Planner::new();
         let id = add(&mut p, FANOUT, 6);
         drain(&mut p);
-        assert!(p.on_result(id, 0, 1, Ok("w".into()), 1));
+        assert!(done(&mut p, id, 0, 1, Ok("w".into()), 1));
         drain(&mut p); // g1, g2 running
-        assert!(p.on_result(id, 1, 1, Ok("A".into()), 2));
+        assert!(done(&mut p, id, 1, 1, Ok("A".into()), 2));
         let run = p.evict(&id).expect("run");
         // Simulate a restart from the persisted records.
         let mut p2 = Planner::new();
@@ -607,6 +895,7 @@ tasks:
             run.meta.clone(),
             Arc::clone(&run.spec),
             run.tasks.clone(),
+            0,
         );
         let a = drain(&mut p2);
         assert_eq!(a.len(), 1, "only the interrupted g2 runs again");
@@ -615,7 +904,7 @@ tasks:
             (2, 1),
             "interrupted attempt not counted"
         );
-        assert!(p2.on_result(id, 2, 1, Ok("B".into()), 3));
+        assert!(done(&mut p2, id, 2, 1, Ok("B".into()), 3));
         let a = drain(&mut p2);
         assert_eq!(
             a[0].argv,
@@ -661,7 +950,7 @@ tasks:
                 let mut runs = vec![0u32; n];
                 for _ in 0..10_000 {
                     while running.len() < execs {
-                        let Some(a) = p.next_assignment("me") else { break };
+                        let Some(a) = next(&mut p, "me") else { break };
                         let run = p.run(&id).expect("run");
                         for &d in &run.spec.dag.tasks[a.task as usize].deps {
                             prop_assert_eq!(run.tasks[d as usize].state, TaskState::Succeeded, "ran before its dependency");
@@ -673,7 +962,7 @@ tasks:
                     runs[a.task as usize] += 1;
                     let ok = script[a.task as usize][k.min(3)];
                     let outcome = if ok { Ok(format!("o{}", a.task)) } else { Err("boom".to_string()) };
-                    prop_assert!(p.on_result(id, a.task, a.attempt, outcome, 1));
+                    prop_assert!(done(&mut p, id, a.task, a.attempt, outcome, 1));
                 }
                 let run = p.run(&id).expect("run");
                 prop_assert!(run.meta.state.is_terminal(), "DAG did not finish: {:?}", run.meta.state);

@@ -1,0 +1,660 @@
+//! Replicated DAG state, without I/O: the controller's persisted changes, numbered
+//! (term, seq), pushed to every follower, which merges them into its own store; snapshots for
+//! followers that fell too far behind; and, when a node starts following a controller, a
+//! digest exchange through which the controller pulls the DAGs it lacks (a healed partition,
+//! a full restart).
+//!
+//! ```text
+//!  controller: persist ─batch(seq)─▶ log ─Replicate{prev, batches | snapshot}─▶ follower
+//!                ▲                                                            │ merge,
+//!                └── ack the submit once one follower has seq ◀─Replicated{seq}┘ flush
+//!  follower (on following): Sync{digest} ─▶ controller ─SyncWant{ids}─▶ Push{dags} ─▶ merge
+//! ```
+//!
+//! Merging is record by record with the monotone rules of `store::merge`, so applying the
+//! same batch twice, or batches from two controllers, never loses a finished task.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use bx3_protocol::ids::{DagId, ModuleHash, NodeId};
+use bx3_protocol::mesh::{Batch, DagDelta, DagDigest, NodeTerm, Request, Response};
+
+use super::planner::{Dirty, Planner, Run};
+use super::records::{Reads, Write};
+use crate::store::{merge, DagMeta, SpecRecord, StoreError, TaskRecord};
+
+/// Recent batches kept for followers that are a little behind.
+const LOG_WINDOW: usize = 4096;
+/// Most batches in one Replicate request.
+const BATCHES_PER_SEND: usize = 64;
+/// Finished DAGs a snapshot still carries (a follower that missed their last batches learns
+/// how they ended).
+const RECENT_FINISHED: usize = 256;
+/// Most DAGs (newest first) in one anti-entropy digest; also the most a controller takes.
+pub const SYNC_DIGEST: usize = 1000;
+
+/// What the controller knows about one follower's copy.
+#[derive(Debug, Default)]
+struct Follower {
+    /// Last sequence number the follower applied.
+    acked: u64,
+    /// A Replicate request is on its way.
+    in_flight: bool,
+    /// ... and it is a snapshot (only its answer satisfies `snapshot`).
+    in_flight_snapshot: bool,
+    /// Send everything active instead of a range (new follower, or it fell out of the window).
+    snapshot: bool,
+}
+
+/// The controller's side of replication: the recent log and each follower's progress. Made
+/// when a node becomes the controller, dropped when it stops being one.
+#[derive(Debug, Default)]
+pub struct Leader {
+    log: VecDeque<Arc<Batch>>,
+    followers: HashMap<NodeId, Follower>,
+    /// DAGs accepted since the last batch (their spec goes into it).
+    new_dags: HashSet<DagId>,
+    /// DAGs that finished lately, newest last (snapshots include them).
+    recent_finished: VecDeque<DagId>,
+    /// DAGs merged from a peer; the next batch carries them whole.
+    full_next: HashSet<DagId>,
+}
+
+impl Leader {
+    /// Whether the next persist round must make a batch even if the planner changed nothing.
+    pub fn has_unsent(&self) -> bool {
+        !self.full_next.is_empty()
+    }
+
+    /// What a follower has confirmed.
+    pub fn follower_acked(&self, id: &NodeId) -> Option<u64> {
+        self.followers.get(id).map(|f| f.acked)
+    }
+
+    /// A DAG was accepted; its spec goes into the next batch.
+    pub fn accepted(&mut self, id: DagId) {
+        self.new_dags.insert(id);
+    }
+
+    /// A DAG finished and leaves the planner; snapshots keep carrying it a while.
+    pub fn finished(&mut self, id: DagId) {
+        self.recent_finished.push_back(id);
+        while self.recent_finished.len() > RECENT_FINISHED {
+            self.recent_finished.pop_front();
+        }
+    }
+
+    /// DAGs merged from a peer go out whole in the next batch.
+    pub fn merged(&mut self, ids: impl IntoIterator<Item = DagId>) {
+        self.full_next.extend(ids);
+    }
+
+    /// A follower should get a full snapshot next (e.g. it was merged from).
+    pub fn resnapshot(&mut self, id: &NodeId) {
+        if let Some(f) = self.followers.get_mut(id) {
+            f.snapshot = true;
+        }
+    }
+
+    /// Turns what changed in this persist round into batch `seq`.
+    pub fn make_batch(
+        &mut self,
+        reads: &dyn Reads,
+        planner: &Planner,
+        dirty: &Dirty,
+        seq: u64,
+    ) -> Result<Option<Arc<Batch>>, StoreError> {
+        let mut by_dag: HashMap<DagId, Vec<u32>> = HashMap::new();
+        for (dag, idx) in &dirty.tasks {
+            by_dag.entry(*dag).or_default().push(*idx);
+        }
+        // A DAG accepted this round goes out even if none of its tasks moved yet (no free
+        // executor): its submitter is acknowledged once a follower holds this batch.
+        for dag in dirty.runs.iter().chain(self.new_dags.iter()) {
+            by_dag.entry(*dag).or_default();
+        }
+        let full: Vec<DagId> = self.full_next.drain().collect();
+        if by_dag.is_empty() && full.is_empty() {
+            return Ok(None);
+        }
+        let mut dags = Vec::with_capacity(by_dag.len() + full.len());
+        // DAGs merged from a peer go whole (spec and every record), so a follower never holds
+        // a merged DAG's final state without the task records that make it final.
+        for id in full {
+            by_dag.remove(&id);
+            let delta = match planner.run(&id) {
+                Some(run) => Some(whole(&id, run)),
+                None => full_delta(reads, &id)?,
+            };
+            dags.extend(delta);
+        }
+        for (id, mut idxs) in by_dag {
+            let Some(run) = planner.run(&id) else {
+                continue;
+            };
+            idxs.sort_unstable();
+            idxs.dedup();
+            let spec = self.new_dags.remove(&id).then(|| (&*run.spec).into());
+            dags.push(DagDelta {
+                id,
+                meta: (&run.meta).into(),
+                spec,
+                tasks: idxs
+                    .into_iter()
+                    .filter_map(|i| run.tasks.get(i as usize).map(|r| (i, r.into())))
+                    .collect(),
+            });
+        }
+        // Deterministic order (the simulator replays seeds; followers merge per DAG anyway).
+        dags.sort_by_key(|d| d.id);
+        let batch = Arc::new(Batch { seq, dags });
+        self.log.push_back(Arc::clone(&batch));
+        while self.log.len() > LOG_WINDOW {
+            self.log.pop_front();
+        }
+        Ok(Some(batch))
+    }
+
+    /// What each follower is missing, as requests to send now (at most one in flight per
+    /// follower). `members` are the peers that could hold a replica; `waiting` are DAGs whose
+    /// submitters wait for a replica (a snapshot carries them even when they already
+    /// finished, so the acknowledgement it earns is true). `current` is the last batch made.
+    pub fn requests(
+        &mut self,
+        reads: &dyn Reads,
+        planner: &Planner,
+        term: &NodeTerm,
+        mut members: Vec<NodeId>,
+        waiting: &[DagId],
+        current: u64,
+    ) -> Result<Vec<(NodeId, Request)>, StoreError> {
+        members.sort();
+        self.followers.retain(|id, _| members.contains(id));
+        let mut out = Vec::new();
+        let mut full: Option<Batch> = None;
+        for id in members {
+            let f = self
+                .followers
+                .entry(id.clone())
+                .or_insert_with(|| Follower {
+                    snapshot: true,
+                    ..Follower::default()
+                });
+            if f.in_flight || (f.acked >= current && !f.snapshot) {
+                continue;
+            }
+            let (acked, needs_snapshot) = (f.acked, f.snapshot);
+            f.in_flight = true;
+            f.in_flight_snapshot = false;
+            let window_start = self.log.front().map(|b| b.seq).unwrap_or(u64::MAX);
+            let (snapshot, prev, batches) = if !needs_snapshot && acked + 1 >= window_start {
+                let batches: Vec<Batch> = self
+                    .log
+                    .iter()
+                    .filter(|b| b.seq > acked)
+                    .take(BATCHES_PER_SEND)
+                    .map(|b| (**b).clone())
+                    .collect();
+                (false, acked, batches)
+            } else {
+                let snap = match &full {
+                    Some(b) => b.clone(),
+                    None => {
+                        let extra = self.recent_finished.iter().chain(waiting);
+                        let b = snapshot(reads, planner, current, extra)?;
+                        full = Some(b.clone());
+                        b
+                    }
+                };
+                if let Some(f) = self.followers.get_mut(&id) {
+                    f.in_flight_snapshot = true;
+                }
+                (true, 0, vec![snap])
+            };
+            out.push((
+                id,
+                Request::Replicate {
+                    term: term.clone(),
+                    prev,
+                    snapshot,
+                    batches,
+                },
+            ));
+        }
+        Ok(out)
+    }
+
+    /// A follower answered (or the request failed). Returns the sequence number it now
+    /// holds when it confirmed a copy.
+    pub fn answer(
+        &mut self,
+        node: &NodeId,
+        answer: Result<&Response, &str>,
+        current: u64,
+    ) -> Option<u64> {
+        let window_start = self.log.front().map(|b| b.seq).unwrap_or(u64::MAX);
+        let f = self.followers.get_mut(node)?;
+        f.in_flight = false;
+        let was_snapshot = std::mem::take(&mut f.in_flight_snapshot);
+        match answer {
+            Ok(Response::Replicated { seq }) => {
+                // A follower cannot hold more than we made.
+                let seq = (*seq).min(current);
+                f.acked = seq;
+                // A snapshot asked for while a range was on its way (a merge) still goes out.
+                if was_snapshot {
+                    f.snapshot = false;
+                }
+                Some(seq)
+            }
+            Ok(Response::Behind { seq }) => {
+                f.snapshot = *seq > current || seq.saturating_add(1) < window_start;
+                f.acked = if f.snapshot { 0 } else { *seq };
+                None
+            }
+            Ok(other) => {
+                tracing::debug!(peer = %node, "replication refused: {other:?}");
+                None
+            }
+            Err(e) => {
+                tracing::debug!(peer = %node, "replication failed: {e}");
+                None
+            }
+        }
+    }
+}
+
+/// Whether a Replicate request must be on disk before it is answered. The answer lets the
+/// controller acknowledge submissions, so a range that brings a DAG new to this node (its
+/// spec) or a snapshot must; other ranges are flushed on the next tick.
+pub fn must_flush_before_answer(snapshot: bool, batches: &[Batch]) -> bool {
+    snapshot
+        || batches
+            .iter()
+            .any(|b| b.dags.iter().any(|d| d.spec.is_some()))
+}
+
+/// What merging deltas into a store comes to.
+#[derive(Debug, Default)]
+pub struct Merged {
+    /// The writes that make it so, in order.
+    pub writes: Vec<Write>,
+    /// DAGs touched (in the order first seen).
+    pub dags: Vec<DagId>,
+    /// Modules the merged specs name that this node lacks.
+    pub missing_modules: Vec<ModuleHash>,
+    /// Task records with two different successful outputs (ours kept).
+    pub conflicts: usize,
+    /// Records refused: a task index outside its DAG, tasks of a DAG with no spec.
+    pub refused: usize,
+}
+
+/// Merges deltas (from a controller's batches, or pushed by a follower) into what `reads`
+/// holds, record by record (`store::merge`). Everything is merged in memory first, so a
+/// record touched by two deltas merges twice in order, as if each were written in turn.
+pub fn merge_deltas<'a>(
+    reads: &dyn Reads,
+    deltas: impl Iterator<Item = &'a DagDelta>,
+) -> Result<Merged, StoreError> {
+    struct Acc {
+        spec: Option<Arc<SpecRecord>>,
+        new_spec: bool,
+        meta: Option<DagMeta>,
+        meta_changed: bool,
+        tasks: Vec<Option<TaskRecord>>,
+        changed: HashSet<u32>,
+    }
+    let mut out = Merged::default();
+    let mut accs: HashMap<DagId, Acc> = HashMap::new();
+    for d in deltas {
+        let acc = match accs.entry(d.id) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                out.dags.push(d.id);
+                e.insert(Acc {
+                    spec: reads.spec(&d.id)?.map(Arc::new),
+                    new_spec: false,
+                    meta: reads.meta(&d.id)?,
+                    meta_changed: false,
+                    tasks: Vec::new(),
+                    changed: HashSet::new(),
+                })
+            }
+        };
+        if acc.spec.is_none() {
+            if let Some(spec) = &d.spec {
+                let spec: SpecRecord = spec.clone().into();
+                for hash in spec.modules.values() {
+                    if !reads.has_module(hash) && !out.missing_modules.contains(hash) {
+                        out.missing_modules.push(hash.clone());
+                    }
+                }
+                acc.spec = Some(Arc::new(spec));
+                acc.new_spec = true;
+            }
+        }
+        let Some(spec) = acc.spec.clone() else {
+            // Records of a DAG whose spec we never saw cannot be checked: wait for a
+            // snapshot (it always carries the spec).
+            out.refused += d.tasks.len() + 1;
+            continue;
+        };
+        let n = spec.dag.tasks.len();
+        if acc.tasks.is_empty() && !d.tasks.is_empty() {
+            acc.tasks = reads.tasks(&d.id, n)?.into_iter().map(Some).collect();
+        }
+        for (idx, incoming) in &d.tasks {
+            let Some(slot) = acc.tasks.get_mut(*idx as usize) else {
+                out.refused += 1;
+                continue;
+            };
+            let incoming: TaskRecord = incoming.clone().into();
+            let (merged, conflict) = merge::merge_task(slot.as_ref(), &incoming);
+            if conflict {
+                out.conflicts += 1;
+                tracing::warn!(dag = %d.id, task = idx, "two different successful outputs for one task; keeping ours");
+            }
+            if slot.as_ref() != Some(&merged) {
+                *slot = Some(merged);
+                acc.changed.insert(*idx);
+            }
+        }
+        let incoming: DagMeta = d.meta.clone().into();
+        let merged = merge::merge_meta(acc.meta.as_ref(), &incoming);
+        if acc.meta.as_ref() != Some(&merged) {
+            acc.meta = Some(merged);
+            acc.meta_changed = true;
+        }
+    }
+    for id in &out.dags {
+        let Some(acc) = accs.remove(id) else {
+            continue;
+        };
+        let (Some(spec), Some(meta)) = (acc.spec, acc.meta) else {
+            continue;
+        };
+        // A new DAG's spec and meta first (the store writes the spec before the meta), then
+        // the task records: a crash in between leaves a DAG that a later merge completes,
+        // never a meta without its spec, and the counts are recomputed from the records
+        // whenever a controller loads it.
+        if acc.new_spec {
+            out.writes.push(Write::Dag {
+                id: *id,
+                meta: meta.clone(),
+                spec,
+            });
+        }
+        if !acc.changed.is_empty() {
+            let mut idxs: Vec<u32> = acc.changed.into_iter().collect();
+            idxs.sort_unstable();
+            let records = idxs
+                .into_iter()
+                .filter_map(|i| {
+                    acc.tasks
+                        .get(i as usize)
+                        .cloned()
+                        .flatten()
+                        .map(|r| (*id, i, r))
+                })
+                .collect();
+            out.writes.push(Write::Tasks(records));
+        }
+        if acc.meta_changed && !acc.new_spec {
+            out.writes.push(Write::Meta(*id, meta));
+        }
+    }
+    Ok(out)
+}
+
+/// Everything the controller is working on, in full, plus the `extra` DAGs it no longer
+/// works on (read back from the store).
+fn snapshot<'a>(
+    reads: &dyn Reads,
+    planner: &Planner,
+    seq: u64,
+    extra: impl Iterator<Item = &'a DagId>,
+) -> Result<Batch, StoreError> {
+    let mut dags: Vec<DagDelta> = planner.runs().map(|(id, run)| whole(id, run)).collect();
+    let mut seen: HashSet<DagId> = dags.iter().map(|d| d.id).collect();
+    for id in extra {
+        if seen.insert(*id) {
+            dags.extend(full_delta(reads, id)?);
+        }
+    }
+    dags.sort_by_key(|d| d.id);
+    Ok(Batch { seq, dags })
+}
+
+/// An active DAG in full: spec and every task record that is not the default.
+fn whole(id: &DagId, run: &Run) -> DagDelta {
+    DagDelta {
+        id: *id,
+        meta: (&run.meta).into(),
+        spec: Some((&*run.spec).into()),
+        tasks: run
+            .tasks
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| **r != TaskRecord::default())
+            .map(|(i, r)| (i as u32, r.into()))
+            .collect(),
+    }
+}
+
+/// The DAGs this node holds, newest first, for the controller to compare.
+pub fn digest(reads: &dyn Reads) -> Result<Vec<DagDigest>, StoreError> {
+    Ok(reads
+        .list(SYNC_DIGEST)?
+        .into_iter()
+        .map(|(id, meta)| DagDigest {
+            id,
+            state: meta.state,
+            done: meta.counts.done(),
+        })
+        .collect())
+}
+
+/// Controller: which of a follower's DAGs do we lack, or know less about?
+pub fn sync_want(
+    reads: &dyn Reads,
+    planner: &Planner,
+    digest: &[DagDigest],
+) -> Result<Vec<DagId>, StoreError> {
+    let mut ids = Vec::new();
+    for d in digest.iter().take(SYNC_DIGEST) {
+        let ours = match planner.run(&d.id) {
+            Some(run) => Some((run.meta.state, run.meta.counts.done())),
+            None => reads.meta(&d.id)?.map(|m| (m.state, m.counts.done())),
+        };
+        match ours {
+            None => ids.push(d.id),
+            Some((state, done)) => {
+                if d.done > done || (d.state.is_terminal() && !state.is_terminal()) {
+                    ids.push(d.id);
+                }
+            }
+        }
+    }
+    Ok(ids)
+}
+
+/// One DAG in full, as this node holds it.
+pub fn full_delta(reads: &dyn Reads, id: &DagId) -> Result<Option<DagDelta>, StoreError> {
+    let (Some(meta), Some(spec)) = (reads.meta(id)?, reads.spec(id)?) else {
+        return Ok(None);
+    };
+    let tasks = reads
+        .tasks(id, spec.dag.tasks.len())?
+        .into_iter()
+        .enumerate()
+        .filter(|(_, r)| *r != TaskRecord::default())
+        .map(|(i, r)| (i as u32, (&r).into()))
+        .collect();
+    Ok(Some(DagDelta {
+        id: *id,
+        meta: (&meta).into(),
+        spec: Some((&spec).into()),
+        tasks,
+    }))
+}
+
+/// Submissions durable on this node, waiting until a second node holds them. `R` says who
+/// to answer (an API call or a peer's request); `now` is the core's monotonic clock.
+#[derive(Debug)]
+pub struct PendingAcks<R> {
+    items: Vec<PendingAck<R>>,
+}
+
+#[derive(Debug)]
+struct PendingAck<R> {
+    reply: R,
+    id: DagId,
+    /// Released once a follower confirms this sequence number (controller side).
+    seq: u64,
+    deadline_ms: u64,
+}
+
+impl<R> Default for PendingAcks<R> {
+    fn default() -> Self {
+        PendingAcks { items: Vec::new() }
+    }
+}
+
+impl<R> PendingAcks<R> {
+    /// The DAGs waiting.
+    pub fn ids(&self) -> Vec<DagId> {
+        self.items.iter().map(|a| a.id).collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    pub fn push(&mut self, reply: R, id: DagId, seq: u64, deadline_ms: u64) {
+        self.items.push(PendingAck {
+            reply,
+            id,
+            seq,
+            deadline_ms,
+        });
+    }
+
+    fn take_where(&mut self, mut f: impl FnMut(&PendingAck<R>) -> bool) -> Vec<(R, DagId)> {
+        if self.items.is_empty() {
+            return Vec::new();
+        }
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.items)
+            .into_iter()
+            .partition(|a| f(a));
+        self.items = waiting;
+        ready.into_iter().map(|a| (a.reply, a.id)).collect()
+    }
+
+    /// A follower confirmed everything up to `seq`.
+    pub fn release_seq(&mut self, seq: u64) -> Vec<(R, DagId)> {
+        self.take_where(|a| a.seq <= seq)
+    }
+
+    /// These DAGs are now held by the (new) controller too.
+    pub fn release_ids(&mut self, ids: &HashSet<DagId>) -> Vec<(R, DagId)> {
+        self.take_where(|a| ids.contains(&a.id))
+    }
+
+    /// Every one still waiting (e.g. no follower is left to wait for).
+    pub fn release_all(&mut self) -> Vec<(R, DagId)> {
+        self.take_where(|_| true)
+    }
+
+    /// Waited too long for a second copy.
+    pub fn expired(&mut self, now_ms: u64) -> Vec<(R, DagId)> {
+        self.take_where(|a| a.deadline_ms <= now_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_acks_release_by_seq_by_id_and_expire() {
+        let (a, b, c) = (DagId::new(1, 1), DagId::new(2, 2), DagId::new(3, 3));
+        let mut acks = PendingAcks::default();
+        acks.push("a", a, 5, 1_000);
+        acks.push("b", b, 7, 1_000);
+        acks.push("c", c, 9, 2_000);
+        assert_eq!(acks.release_seq(6), vec![("a", a)]);
+        assert_eq!(acks.release_ids(&HashSet::from([c])), vec![("c", c)]);
+        assert!(acks.expired(999).is_empty());
+        assert_eq!(acks.expired(1_000), vec![("b", b)]);
+        assert!(acks.ids().is_empty());
+    }
+
+    #[test]
+    fn a_snapshot_asked_for_while_a_range_is_in_flight_still_goes_out() {
+        let store = crate::store::Store::temporary().expect("store");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let modules = crate::store::ModuleStore::open(dir.path().join("m")).expect("modules");
+        let reads = super::super::records::NodeReads {
+            store: &store,
+            modules: &modules,
+        };
+        let planner = Planner::new();
+        let me: NodeId = "me".parse().expect("id");
+        let term = NodeTerm {
+            epoch: 1,
+            candidate: me,
+        };
+        let mut lead = Leader::default();
+        let f: NodeId = "f".parse().expect("id");
+        // First contact: a snapshot.
+        let reqs = lead
+            .requests(&reads, &planner, &term, vec![f.clone()], &[], 0)
+            .expect("requests");
+        assert!(matches!(
+            reqs[0].1,
+            Request::Replicate { snapshot: true, .. }
+        ));
+        assert_eq!(
+            lead.answer(&f, Ok(&Response::Replicated { seq: 0 }), 0),
+            Some(0)
+        );
+        // A batch goes out as a range...
+        lead.log.push_back(Arc::new(Batch {
+            seq: 1,
+            dags: Vec::new(),
+        }));
+        let reqs = lead
+            .requests(&reads, &planner, &term, vec![f.clone()], &[], 1)
+            .expect("requests");
+        assert!(matches!(
+            reqs[0].1,
+            Request::Replicate {
+                snapshot: false,
+                ..
+            }
+        ));
+        // ...a merge asks for a snapshot meanwhile; the range's answer must not cancel it.
+        lead.resnapshot(&f);
+        assert_eq!(
+            lead.answer(&f, Ok(&Response::Replicated { seq: 1 }), 1),
+            Some(1)
+        );
+        let reqs = lead
+            .requests(&reads, &planner, &term, vec![f.clone()], &[], 1)
+            .expect("requests");
+        assert!(matches!(
+            reqs[0].1,
+            Request::Replicate { snapshot: true, .. }
+        ));
+        // A follower claiming more than was made is believed only up to what was made.
+        assert_eq!(
+            lead.answer(&f, Ok(&Response::Replicated { seq: 1_000_000 }), 1),
+            Some(1)
+        );
+    }
+}
