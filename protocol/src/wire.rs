@@ -127,7 +127,7 @@ mod tests {
             Err(CodecError::Version { got: 1 })
         );
 
-        for garbage in [&b""[..], b"\xff\xff\xff", b"hello", b"\xa1\x61v\x01"] {
+        for garbage in [&b""[..], b"\xff\xff\xff", b"hello", b"\xa1\x61v\x02"] {
             assert!(
                 matches!(
                     decode::<Msg>(garbage, MAX_GOSSIP),

@@ -78,9 +78,11 @@ const HISTORY_MS: u64 = 3_600_000;
 /// Most controller changes and gone peers remembered.
 const MAX_HISTORY: usize = 256;
 /// A node that had peers this recently is not alone: a submission waits for one of them to
-/// come back and hold a copy (or is answered "not yet replicated"), rather than being
-/// acknowledged on one disk because a connection just dropped.
-const ALONE_AFTER_MS: u64 = 60_000;
+/// come back and hold a copy, rather than being acknowledged on one disk because a
+/// connection just dropped. As long as a silent peer stays a member (`members`), so a node
+/// cut off by a partition is alone, and acknowledges on its own, as soon as its peers would
+/// have expired anyway.
+const ALONE_AFTER_MS: u64 = members::DOWN_AFTER_MS;
 
 /// The core's two clocks: monotonic (timeouts) and wall (what users see), both in ms.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -422,6 +424,16 @@ impl Core {
         // Group commit: what was written since the last flush is durable within one tick.
         self.flush(reads)?;
         self.elect(election::Input::Tick, reads)?;
+        if self.is_leader() && self.alone() && !self.pending_acks.is_empty() {
+            // Everyone else is gone: no copy is coming. The submissions stay as they are (on
+            // this disk, running); waiting longer would only end in "not replicated". (One
+            // forwarded by a peer waits on: that peer is there to hold a copy.)
+            let local = |a: &Asker| matches!(a, Asker::Api(_));
+            for (asker, id) in self.pending_acks.release_where(local) {
+                tracing::warn!(dag = %id, "acknowledged on this node alone: no other node is reachable");
+                self.out.answer(asker, Ok(Answer::Submitted(id)));
+            }
+        }
         for (asker, id) in self.pending_acks.expired(self.now.mono_ms) {
             tracing::warn!(dag = %id, "no other node confirmed a replica in time");
             self.out.answer(asker, Err(Refusal::NotReplicated(id)));

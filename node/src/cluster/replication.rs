@@ -565,9 +565,10 @@ impl<R> PendingAcks<R> {
         self.take_where(|a| ids.contains(&a.id))
     }
 
-    /// Every one still waiting (e.g. no follower is left to wait for).
-    pub fn release_all(&mut self) -> Vec<(R, DagId)> {
-        self.take_where(|_| true)
+    /// Those whose caller `f` accepts (e.g. every local caller, when no follower is left to
+    /// wait for).
+    pub fn release_where(&mut self, mut f: impl FnMut(&R) -> bool) -> Vec<(R, DagId)> {
+        self.take_where(|a| f(&a.reply))
     }
 
     /// Waited too long for a second copy.

@@ -354,6 +354,9 @@ struct Node {
     gen: u64,
     live: Mem,
     durable: Mem,
+    /// Writes since the last flush: a flush applies them to `durable` (cheaper than a copy
+    /// of the whole store at every flush).
+    unflushed: Vec<Write>,
     modules: BTreeSet<ModuleHash>,
     /// Peers it may dial: given at start, learned from announcements.
     known: BTreeSet<usize>,
@@ -407,7 +410,8 @@ struct Sim {
     nodes: Vec<Node>,
     /// Partition side of each node (equal sides reach each other).
     side: Vec<u8>,
-    conns: BTreeSet<(usize, usize)>,
+    /// Connections: each node's neighbours.
+    adj: Vec<BTreeSet<usize>>,
     events: BTreeMap<u64, Vec<Event>>,
     gossip: HashMap<u64, (NodeId, Gossip)>,
     gossip_age: VecDeque<(u64, u64)>,
@@ -440,6 +444,7 @@ impl Sim {
                 gen: 0,
                 live: Mem::default(),
                 durable: Mem::default(),
+                unflushed: Vec::new(),
                 modules: BTreeSet::new(),
                 known: topology.bootstrap(i, n).into_iter().collect(),
                 inputs: Vec::new(),
@@ -468,7 +473,7 @@ impl Sim {
             topology,
             nodes,
             side: vec![0; n],
-            conns: BTreeSet::new(),
+            adj: vec![BTreeSet::new(); n],
             events: BTreeMap::new(),
             gossip: HashMap::new(),
             gossip_age: VecDeque::new(),
@@ -544,21 +549,19 @@ impl Sim {
     }
 
     fn connected(&self, a: usize, b: usize) -> bool {
-        self.conns.contains(&(a.min(b), a.max(b)))
+        self.adj[a].contains(&b)
     }
 
     fn neighbours(&self, i: usize) -> Vec<usize> {
-        self.conns
+        self.adj[i].iter().copied().collect()
+    }
+
+    /// Every connection once, as (smaller, larger).
+    fn connections(&self) -> Vec<(usize, usize)> {
+        self.adj
             .iter()
-            .filter_map(|&(a, b)| {
-                if a == i {
-                    Some(b)
-                } else if b == i {
-                    Some(a)
-                } else {
-                    None
-                }
-            })
+            .enumerate()
+            .flat_map(|(a, set)| set.iter().filter(move |&&b| b > a).map(move |&b| (a, b)))
             .collect()
     }
 
@@ -611,6 +614,7 @@ impl Sim {
         n.core = None;
         n.gen += 1;
         n.live = n.durable.clone();
+        n.unflushed.clear();
         n.inputs.clear();
         n.inbound.clear();
         n.running.clear();
@@ -624,7 +628,8 @@ impl Sim {
     }
 
     fn connect(&mut self, a: usize, b: usize) {
-        if self.conns.insert((a.min(b), a.max(b))) {
+        if self.adj[a].insert(b) {
+            self.adj[b].insert(a);
             let (ia, ib) = (self.nodes[a].id.clone(), self.nodes[b].id.clone());
             self.nodes[a].inputs.push(Input::Connected(ib));
             self.nodes[b].inputs.push(Input::Connected(ia));
@@ -632,7 +637,8 @@ impl Sim {
     }
 
     fn disconnect(&mut self, a: usize, b: usize) {
-        if self.conns.remove(&(a.min(b), a.max(b))) {
+        if self.adj[a].remove(&b) {
+            self.adj[b].remove(&a);
             let (ia, ib) = (self.nodes[a].id.clone(), self.nodes[b].id.clone());
             if self.live(a) {
                 self.nodes[a].inputs.push(Input::Disconnected(ib));
@@ -646,9 +652,8 @@ impl Sim {
     fn partition(&mut self, sides: Vec<u8>) {
         self.side = sides;
         let cut: Vec<(usize, usize)> = self
-            .conns
-            .iter()
-            .copied()
+            .connections()
+            .into_iter()
             .filter(|&(a, b)| !self.reachable(a, b))
             .collect();
         for (a, b) in cut {
@@ -891,14 +896,23 @@ impl Sim {
 
     fn output(&mut self, i: usize, o: Output) -> Result<(), String> {
         match o {
-            Output::Write(w) => self.nodes[i].live.apply(&w),
-            Output::Flush => self.nodes[i].durable = self.nodes[i].live.clone(),
+            Output::Write(w) => {
+                let n = &mut self.nodes[i];
+                n.live.apply(&w);
+                n.unflushed.push(w);
+            }
+            Output::Flush => {
+                let n = &mut self.nodes[i];
+                for w in n.unflushed.drain(..) {
+                    n.durable.apply(&w);
+                }
+            }
             Output::Changed => {}
             Output::Broadcast(g) => self.broadcast(i, g),
             Output::Send { to, token, req } => self.send(i, &to, token, req),
             Output::Respond { rid, resp } => {
                 if let Response::Submitted { id } = &resp {
-                    self.check_ack(i, *id, true)?;
+                    self.check_ack(i, *id)?;
                 }
                 self.respond(i, rid, resp);
             }
@@ -957,7 +971,7 @@ impl Sim {
                 };
                 match reply {
                     Ok(Answer::Submitted(id)) => {
-                        self.check_ack(i, id, false)?;
+                        self.check_ack(i, id)?;
                         if !self.subs[dag].acked {
                             self.log(format!("DAG {dag} acknowledged at {}", self.nodes[i].id));
                         }
@@ -1025,13 +1039,12 @@ impl Sim {
     }
 
     /// An acknowledgement leaves the DAG on two disks, unless its controller was alone.
-    fn check_ack(&mut self, i: usize, id: DagId, to_peer: bool) -> Result<(), String> {
+    fn check_ack(&mut self, i: usize, id: DagId) -> Result<(), String> {
         let holders = self.nodes.iter().filter(|n| n.durable.holds(&id)).count();
         let alone = self.nodes[i]
             .core
             .as_ref()
-            .is_some_and(|c| c.is_leader() && c.alone())
-            && !to_peer;
+            .is_some_and(|c| c.is_leader() && c.alone());
         if alone {
             if let Some(s) = self.subs.iter_mut().find(|s| s.id == id) {
                 s.acked_alone = true;
@@ -1298,9 +1311,11 @@ impl Sim {
             }
         }
         // Connections drop (and are redialled).
-        if self.rng.gen_bool(0.02) && !self.conns.is_empty() {
-            let k = self.rng.gen_range(0..self.conns.len());
-            if let Some(&(a, b)) = self.conns.iter().nth(k) {
+        if self.rng.gen_bool(0.02) {
+            let conns = self.connections();
+            if !conns.is_empty() {
+                let k = self.rng.gen_range(0..conns.len());
+                let (a, b) = conns[k];
                 self.disconnect(a, b);
                 let (ia, ib) = (self.nodes[a].id.clone(), self.nodes[b].id.clone());
                 self.log(format!("connection {ia}-{ib} drops"));
@@ -1533,5 +1548,143 @@ fn replay() {
     match random_run(seed, true) {
         Ok(f) => println!("seed {seed} ok: {f:?}"),
         Err(e) => panic!("{e}"),
+    }
+}
+
+// ---- scale --------------------------------------------------------------------------------
+
+/// One row of the scale table.
+#[derive(Debug, Default)]
+struct ScaleRow {
+    agree_ms: u64,
+    failover_ms: u64,
+    idle_msgs_per_node_s: f64,
+    load_msgs_per_node_s: f64,
+    tasks_per_s: f64,
+    controller_us_per_task: f64,
+}
+
+/// A DAG of `n` independent tasks.
+fn wide_dag(n: usize, k: usize) -> SpecRecord {
+    let mut yaml = format!("name: wide{k}\ntasks:\n");
+    for i in 0..n {
+        yaml.push_str(&format!(
+            "  - {{id: t{i}, module: ok.wasm, inputs: [\"{k}-{i}\"]}}\n"
+        ));
+    }
+    let dag = parse_dag(&yaml).expect("valid");
+    let modules = BTreeMap::from([("ok.wasm".to_string(), module_hash("ok.wasm"))]);
+    SpecRecord { dag, modules }
+}
+
+fn messages(sim: &Sim) -> u64 {
+    sim.nodes.iter().map(|n| n.received).sum()
+}
+
+/// `n` nodes joined through one bootstrap address (a star of known addresses; peer exchange
+/// does the rest), no faults: time to a controller, messages at idle and under a stream of
+/// DAGs, controller cost per task, and failover when the controller dies.
+fn scale_run(n: usize, seed: u64) -> ScaleRow {
+    let mut sim = Sim::new(seed, n, Topology::Star, false);
+    sim.loss = 0.0;
+    sim.timed = true;
+    let mut row = ScaleRow::default();
+    while sim.agreed().is_none() && sim.now < 600 {
+        sim.tick(false).expect("invariants");
+    }
+    row.agree_ms = sim.now * TICK_MS;
+    // Settle (every node announced, connections made), then measure idle traffic.
+    for _ in 0..50 {
+        sim.tick(false).expect("invariants");
+    }
+    let (m0, t0) = (messages(&sim), sim.now);
+    for _ in 0..200 {
+        sim.tick(false).expect("invariants");
+    }
+    let secs = (sim.now - t0) as f64 * TICK_MS as f64 / 1000.0;
+    row.idle_msgs_per_node_s = (messages(&sim) - m0) as f64 / n as f64 / secs;
+    // Load: a 200-task DAG every second, submitted at node 1, for 20 s.
+    let leader = sim
+        .agreed()
+        .and_then(|l| sim.index(&l))
+        .expect("controller");
+    for node in &mut sim.nodes {
+        node.step_ns = 0;
+    }
+    let done_before: u64 = sim
+        .nodes
+        .iter()
+        .filter_map(|n| n.core.as_ref())
+        .map(|c| c.stats().jobs_succeeded)
+        .sum();
+    let (m0, t0) = (messages(&sim), sim.now);
+    for k in 0..20 {
+        let spec = wide_dag(200, k);
+        let id = DagId::new(wall(sim.now), k as u32 + 1000);
+        sim.subs.push(Submission {
+            id,
+            expected: Vec::new(),
+            spec: Arc::new(spec),
+            acked: false,
+            acked_alone: false,
+            submitted: false,
+        });
+        let at = 1 % n;
+        sim.submit(sim.subs.len() - 1, at);
+        for _ in 0..10 {
+            sim.tick(false).expect("invariants");
+        }
+    }
+    let secs = (sim.now - t0) as f64 * TICK_MS as f64 / 1000.0;
+    row.load_msgs_per_node_s = (messages(&sim) - m0) as f64 / n as f64 / secs;
+    let done: u64 = sim
+        .nodes
+        .iter()
+        .filter_map(|n| n.core.as_ref())
+        .map(|c| c.stats().jobs_succeeded)
+        .sum::<u64>()
+        - done_before;
+    row.tasks_per_s = done as f64 / secs;
+    row.controller_us_per_task = sim.nodes[leader].step_ns as f64 / 1000.0 / done.max(1) as f64;
+    // Failover: the controller dies; time until every live node agrees on another.
+    sim.crash(leader);
+    let t0 = sim.now;
+    while sim.now < t0 + 600 {
+        sim.tick(false).expect("invariants");
+        if sim.agreed().is_some() {
+            break;
+        }
+    }
+    row.failover_ms = (sim.now - t0) * TICK_MS;
+    row
+}
+
+/// The scale table of BENCHMARKS.md: `cargo test --release -p bx3-node cluster::sim::scale
+/// -- --ignored --nocapture` (SCALE_NODES=3,10 to pick sizes).
+#[test]
+#[ignore]
+fn scale() {
+    let sizes: Vec<usize> = std::env::var("SCALE_NODES")
+        .ok()
+        .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![3, 10, 30, 100]);
+    println!("| nodes | controller agreed | failover | msgs/node/s idle | msgs/node/s load | tasks/s | controller µs/task |");
+    println!("|---|---|---|---|---|---|---|");
+    for n in sizes {
+        let rows: Vec<ScaleRow> = (0..3).map(|seed| scale_run(n, seed)).collect();
+        let med = |f: &dyn Fn(&ScaleRow) -> f64| {
+            let mut v: Vec<f64> = rows.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        println!(
+            "| {n} | {:.1} s | {:.1} s | {:.0} | {:.0} | {:.0} | {:.1} |",
+            med(&|r| r.agree_ms as f64) / 1000.0,
+            med(&|r| r.failover_ms as f64) / 1000.0,
+            med(&|r| r.idle_msgs_per_node_s),
+            med(&|r| r.load_msgs_per_node_s),
+            med(&|r| r.tasks_per_s),
+            med(&|r| r.controller_us_per_task),
+        );
     }
 }

@@ -1343,8 +1343,15 @@ mod tests {
         let mut e = node(1);
         ticks(&mut e, 30);
         assert!(e.is_leader());
+        // 3 and 4 follow us (their announcements say so).
         for peer in [3, 4] {
-            step(&mut e, Input::Heard(peer));
+            step(
+                &mut e,
+                Input::Supports {
+                    from: peer,
+                    leader: Some(1),
+                },
+            );
         }
         // Node 9 claims epoch 7 with a forged certificate: votes it signed for 3 and 4.
         let forged = Input::Receive {

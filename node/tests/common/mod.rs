@@ -222,6 +222,24 @@ impl TestNode {
 impl Drop for TestNode {
     fn drop(&mut self) {
         self.kill9();
+        // A failing test keeps its nodes' logs (the data dirs are temporary): set
+        // BX3_TEST_LOGS=DIR to find them there after the run.
+        if std::thread::panicking() {
+            if let Some(dir) = std::env::var_os("BX3_TEST_LOGS") {
+                let dir = PathBuf::from(dir);
+                let _ = std::fs::create_dir_all(&dir);
+                let name = format!(
+                    "{}-{}.log",
+                    std::process::id(),
+                    self.dir
+                        .path()
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .unwrap_or("node")
+                );
+                let _ = std::fs::copy(self.dir.path().join("node.log"), dir.join(name));
+            }
+        }
     }
 }
 
