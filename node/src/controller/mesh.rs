@@ -132,6 +132,10 @@ impl Actor {
             leader: self.election.leader().cloned(),
             addrs: self.listen_addrs.clone(),
             replica_seq: self.replication.seq(),
+            // hook(net): executor limits for peers' `status`.
+            ram_slots: c.ram_slots as u64,
+            cpu_cores: c.cpu_cores as u64,
+            limited_by: c.limited_by.as_str().to_string(),
         };
         self.publish(&Gossip::Announce(a)).await;
     }
@@ -163,9 +167,10 @@ impl Actor {
         };
         let net = self.net.clone();
         let back = self.internal_tx.clone();
+        let retry = retry_policy(&req); // hook(net)
         tokio::spawn(async move {
             let answer = match mesh::encode_rpc(&req) {
-                Ok(bytes) => match net.request(peer, bytes).await {
+                Ok(bytes) => match net.request_with(peer, bytes, retry).await {
                     Ok(reply) => mesh::decode_rpc::<Response>(&reply).map_err(|e| e.to_string()),
                     Err(e) => Err(e.to_string()),
                 },
@@ -289,6 +294,11 @@ impl Actor {
                 self.heard(&id).await?;
                 match msg {
                     Gossip::Announce(a) => {
+                        // hook(net): peer exchange; the author's own addresses (signed gossip).
+                        self.net.learn_addrs(
+                            from,
+                            a.addrs.iter().filter_map(|s| s.parse().ok()).collect(),
+                        );
                         let clock = self.clock_ms();
                         if self.members.announce(&id, a, clock) {
                             tracing::debug!(peer = %id, "peer joined or changed its executors");
@@ -770,7 +780,10 @@ impl Actor {
                     available_ram_mb: m.announce.available_ram_mb,
                     min_free_ram_mb: m.announce.min_free_ram_mb,
                     max_executors: None,
-                    ..ExecutorsView::default()
+                    // hook(net): executor limits as the peer announced them.
+                    ram_slots: m.announce.ram_slots,
+                    cpu_cores: m.announce.cpu_cores,
+                    limited_by: bx3_protocol::api::ExecutorLimit::parse(&m.announce.limited_by),
                 },
                 addrs: m.announce.addrs.clone(),
                 replica_seq: m.announce.replica_seq,
@@ -783,6 +796,10 @@ impl Actor {
                 alive: true,
                 last_seen_ms: None,
                 version: m.announce.version.clone(),
+                // hook(net): a direct connection, not only gossip relayed by others.
+                connected: id
+                    .parse::<PeerId>()
+                    .is_ok_and(|p| self.net.is_connected(&p)),
             })
             .collect();
         peers.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
@@ -798,7 +815,10 @@ impl Actor {
                 available_ram_mb: c.available_ram_mb,
                 min_free_ram_mb: self.info.min_free_ram_mb,
                 max_executors: self.info.max_executors.map(|m| m as u64),
-                ..ExecutorsView::default()
+                // hook(net): both limits and which one decided.
+                ram_slots: c.ram_slots as u64,
+                cpu_cores: c.cpu_cores as u64,
+                limited_by: Some(c.limited_by),
             },
             peers,
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -811,7 +831,7 @@ impl Actor {
             } else {
                 NodeRole::Candidate
             },
-            private_mesh: false,
+            private_mesh: self.net.is_private(), // hook(net)
             controller_changes: Vec::new(),
         }
     }
@@ -900,22 +920,37 @@ async fn call_idempotent(
     }
 }
 
+// hook(net): which requests are sent again when they fail on the way (connection closed,
+// dial raced). `IfNotSent` only where a second copy would do harm today: `Submit` until
+// submissions carry a client-chosen id, `Assign` until workers deduplicate by (dag, task,
+// attempt), `Cancel` (a second one answers "already finished"). Everything else is safe to
+// receive twice.
+fn retry_policy(req: &Request) -> net::Retry {
+    match req {
+        Request::Submit { .. } | Request::Assign { .. } | Request::Cancel { .. } => {
+            net::Retry::IfNotSent
+        }
+        _ => net::Retry::OnChurn,
+    }
+}
+
 pub(super) async fn call(
     net: &net::Client,
     peer: PeerId,
     req: Request,
 ) -> Result<Response, ControllerError> {
+    let retry = retry_policy(&req); // hook(net)
     let bytes = mesh::encode_rpc(&req).map_err(|e| ControllerError::Remote {
         status: 500,
         message: e.to_string(),
     })?;
-    let reply = net
-        .request(peer, bytes)
-        .await
-        .map_err(|e| ControllerError::Remote {
-            status: 502,
-            message: format!("the controller ({peer}) did not answer: {e}"),
-        })?;
+    let reply =
+        net.request_with(peer, bytes, retry)
+            .await
+            .map_err(|e| ControllerError::Remote {
+                status: 502,
+                message: format!("the controller ({peer}) did not answer: {e}"),
+            })?;
     mesh::decode_rpc(&reply).map_err(|e| ControllerError::Remote {
         status: 502,
         message: format!("bad answer from the controller: {e}"),

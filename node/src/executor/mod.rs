@@ -34,6 +34,10 @@ use sizing::{Capacity, Sizer};
 /// How often the executor count is re-evaluated.
 const SIZING_INTERVAL: Duration = Duration::from_secs(3);
 
+/// How much lower than the node an executor process runs (`nice` increment): tasks are
+/// CPU-bound, and the control plane (heartbeats, gossip, API) must not starve behind them.
+pub const EXECUTOR_NICE: i32 = 10;
+
 /// A task's stdout beyond this fails the task (outputs travel between nodes; see the mesh).
 pub const MAX_OUTPUT: usize = 8 * 1024 * 1024;
 /// How much of a failing task's stderr is kept for its error message.

@@ -46,6 +46,17 @@ pub struct Announce {
     /// Last replicated batch this node applied.
     #[serde(default)]
     pub replica_seq: u64,
+    // hook(net): the executor limits, so `status` shows them for peers too.
+    /// Executors its RAM allows.
+    #[serde(default)]
+    pub ram_slots: u64,
+    /// Its CPU cores.
+    #[serde(default)]
+    pub cpu_cores: u64,
+    /// Which limit decided `executors_total`: "ram", "cpu" or "max-executors" (a string, so
+    /// a limit a later version adds does not make the whole announcement undecodable).
+    #[serde(default)]
+    pub limited_by: String,
 }
 
 /// One task assigned to a worker, inputs already resolved: the planner's assignment as is.
