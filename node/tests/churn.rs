@@ -1,0 +1,219 @@
+//! The mesh under churn and under full load (127.0.0.1, `--no-mdns`): a node restarting
+//! while DAGs are submitted elsewhere fails no submission, and CPU-bound work on every core
+//! does not make the mesh change controller.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bx3_protocol::api::{DagState, StatusView};
+use common::{write_dag, Mesh};
+
+const MIN: Duration = Duration::from_secs(60);
+
+/// Submits `hello`-sized DAGs at `submitter` while `restart` (run on another thread) restarts
+/// nodes; every submission must succeed, and every DAG must finish.
+fn submit_while(
+    mesh: &mut Mesh,
+    submitter: usize,
+    mut restart: impl FnMut(&mut Mesh, usize) + Send,
+) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let file = write_dag(
+        tmp.path(),
+        "small.yaml",
+        "name: small\ntasks:\n  - {id: a, module: echo.wasm, inputs: [x]}\n  - {id: b, module: echo.wasm, inputs: [\"${a}y\"], depends_on: [a]}\n",
+    );
+    let ids = std::sync::Mutex::new(Vec::new());
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (mut left, right) = (Vec::new(), &mut mesh.nodes);
+    // The submitter stays put; the others are moved into a mesh the restarter owns.
+    for (i, n) in right.drain(..).enumerate() {
+        left.push((i, n));
+    }
+    let (sub, others): (Vec<_>, Vec<_>) = left.into_iter().partition(|(i, _)| *i == submitter);
+    let (_, sub_node) = sub.into_iter().next().expect("submitter");
+    let order: Vec<usize> = others.iter().map(|(i, _)| *i).collect();
+    let mut rest = Mesh {
+        nodes: others.into_iter().map(|(_, n)| n).collect(),
+    };
+    std::thread::scope(|scope| {
+        let (done_flag, rest_mesh) = (&done, &mut rest);
+        let restarter = scope.spawn(move || {
+            for round in 0..10 {
+                restart(rest_mesh, round);
+            }
+            done_flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while !done.load(std::sync::atomic::Ordering::SeqCst) {
+            assert!(Instant::now() < deadline, "restarts did not end");
+            let out = sub_node.cli(
+                &[
+                    "submit",
+                    file.to_str().expect("utf-8"),
+                    "--json",
+                    "--modules",
+                    common::wasm_modules().to_str().expect("utf-8"),
+                ],
+                Duration::from_secs(120),
+            );
+            assert!(
+                out.status.success(),
+                "submit #{} failed while a node restarted: {}\nsubmitter log:\n{}",
+                ids.lock().expect("lock").len() + 1,
+                String::from_utf8_lossy(&out.stderr),
+                sub_node.log()
+            );
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+            ids.lock()
+                .expect("lock")
+                .push(v["id"].as_str().expect("id").to_string());
+        }
+        restarter.join().expect("restarter");
+    });
+    let ids = ids.into_inner().expect("lock");
+    eprintln!(
+        "{} submissions while nodes restarted, none failed",
+        ids.len()
+    );
+    assert!(ids.len() >= 10, "submissions kept going: {}", ids.len());
+    for id in &ids {
+        let out = sub_node.cli(&["dag", id, "--wait", "--json"], Duration::from_secs(120));
+        let v: bx3_protocol::api::DagView = serde_json::from_slice(&out.stdout).expect("DAG JSON");
+        assert_eq!(v.state, DagState::Succeeded, "{v:#?}");
+        assert_eq!(v.tasks["b"].output.as_deref(), Some("xy"));
+    }
+    // Put the mesh back together in its order (for Drop).
+    let mut nodes: Vec<Option<common::TestNode>> = Vec::new();
+    nodes.resize_with(order.len() + 1, || None);
+    nodes[submitter] = Some(sub_node);
+    for (i, n) in order.into_iter().zip(rest.nodes) {
+        nodes[i] = Some(n);
+    }
+    mesh.nodes = nodes.into_iter().flatten().collect();
+}
+
+/// A follower restarted ten times (kill -9, start again on its data dir and address) while
+/// DAGs are submitted at another follower: no submission fails, every DAG finishes.
+#[test]
+fn restarting_a_follower_ten_times_fails_no_submission() {
+    let mut mesh = Mesh::start(3, 1);
+    let leader = mesh.wait_leader(MIN);
+    mesh.wait_fully_connected(MIN);
+    let li = mesh.index_of(&leader);
+    let submitter = (li + 1) % 3;
+    submit_while(&mut mesh, submitter, |rest, _| {
+        // `rest` holds the controller and the other follower; restart the follower.
+        let victim = rest
+            .nodes
+            .iter()
+            .position(|n| n.status().peer_id != leader)
+            .expect("a follower");
+        rest.restart(victim);
+        rest.nodes[victim].wait_status(MIN, "rejoined", |s| s.leader.is_some());
+        std::thread::sleep(Duration::from_millis(300));
+    });
+}
+
+/// The controller restarted (kill -9) ten times while DAGs are submitted at a follower: no
+/// submission fails. Needs submissions to be idempotent (a client-chosen id) so a submission
+/// cut off by the controller's death can be sent again to the next controller.
+#[test]
+#[ignore = "needs core: a Submit forwarded to a controller that dies is not retried on the next one (no idempotent submission yet)"]
+fn restarting_the_controller_ten_times_fails_no_submission() {
+    let mut mesh = Mesh::start(3, 1);
+    let leader = mesh.wait_leader(MIN);
+    mesh.wait_fully_connected(MIN);
+    let submitter = (mesh.index_of(&leader) + 1) % 3;
+    submit_while(&mut mesh, submitter, |rest, _| {
+        let statuses: Vec<StatusView> = rest.nodes.iter().map(|n| n.status()).collect();
+        // The controller if it is in `rest`, else any node of it.
+        let victim = statuses
+            .iter()
+            .position(|s| s.leader.as_deref() == Some(s.peer_id.as_str()))
+            .unwrap_or(0);
+        rest.restart(victim);
+        rest.nodes[victim].wait_status(MIN, "rejoined", |s| s.leader.is_some());
+        std::thread::sleep(Duration::from_millis(300));
+    });
+}
+
+/// Three nodes with their default executor counts (`min(RAM slots, CPU cores)`) run a few
+/// hundred CPU-bound tasks, keeping every core busy: no node sees a controller change during
+/// the run, and a one-task DAG submitted meanwhile finishes.
+#[test]
+fn cpu_bound_load_changes_no_controller() {
+    let mesh = Mesh::start_topology(3, None, common::star, &[]);
+    mesh.wait_fully_connected(MIN);
+    let leader = mesh.wait_leader(MIN);
+    let before: Vec<StatusView> = mesh.nodes.iter().map(|n| n.status()).collect();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    for s in &before {
+        assert!(
+            s.executors.total <= cores,
+            "default sizing: {:?}",
+            s.executors
+        );
+    }
+    let started_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut yaml = String::from("name: heavy\ntasks:\n");
+    for i in 0..300 {
+        yaml.push_str(&format!(
+            "  - {{id: t{i}, module: cpu_heavy.wasm, inputs: [\"{}\"]}}\n",
+            20_000_000 + i
+        ));
+    }
+    let heavy = write_dag(tmp.path(), "heavy.yaml", &yaml);
+    let one = write_dag(
+        tmp.path(),
+        "one.yaml",
+        "name: one\ntasks:\n  - {id: a, module: echo.wasm, inputs: [hi]}\n",
+    );
+    let follower = mesh
+        .nodes
+        .iter()
+        .position(|n| n.status().peer_id != leader)
+        .expect("a follower");
+    let id = mesh.nodes[follower].submit(&heavy);
+    mesh.nodes[follower].wait_for(&id, MIN, "the mesh saturated", |v| {
+        v.counts.running >= 3 && v.counts.succeeded >= 3
+    });
+    let t = Instant::now();
+    let (code, small) = mesh.nodes[follower].submit_wait(&one, Duration::from_secs(60));
+    let latency = t.elapsed();
+    eprintln!("one-task DAG under full load: {latency:?}");
+    assert_eq!(code, 0, "{small:#?}");
+    assert!(
+        latency < Duration::from_secs(10),
+        "one-task DAG took {latency:?} under load (generous bound; the bench measures it)"
+    );
+    let dag = mesh.nodes[follower].cli(&["dag", &id, "--wait", "--json"], Duration::from_secs(600));
+    let dag: bx3_protocol::api::DagView = serde_json::from_slice(&dag.stdout).expect("JSON");
+    assert_eq!(dag.state, DagState::Succeeded);
+    assert!(
+        dag.tasks.values().all(|t| t.attempts == 1),
+        "no task re-run by a controller change"
+    );
+    for (b, n) in before.iter().zip(&mesh.nodes) {
+        let a = n.status();
+        assert_eq!(
+            (a.leader.as_deref(), a.term),
+            (b.leader.as_deref(), b.term),
+            "controller and term unchanged on {}",
+            a.peer_id
+        );
+        let changes: Vec<_> = a
+            .controller_changes
+            .iter()
+            .filter(|c| c.at_ms >= started_ms)
+            .collect();
+        assert!(
+            changes.is_empty(),
+            "controller changes during the run: {changes:?}"
+        );
+    }
+}
