@@ -178,6 +178,10 @@ fn cpu_bound_load_changes_no_controller() {
         .iter()
         .position(|n| n.status().peer_id != leader)
         .expect("a follower");
+    // Warm: every node has compiled echo.wasm (a debug build compiles slowly; what is
+    // measured below is the mesh, not the compiler).
+    let (code, warm) = mesh.nodes[follower].submit_wait(&one, Duration::from_secs(120));
+    assert_eq!(code, 0, "{warm:#?}");
     let id = mesh.nodes[follower].submit(&heavy);
     mesh.nodes[follower].wait_for(&id, MIN, "the mesh saturated", |v| {
         v.counts.running >= 3 && v.counts.succeeded >= 3

@@ -29,6 +29,47 @@
 //! - At most one connection per pair of peers is kept: when two exist (simultaneous dials),
 //!   both ends close the one dialed by the larger `PeerId` after a short grace period, so they
 //!   agree without talking and neither end is left without a connection in between.
+//! - Peer exchange ([`peers`]): every node keeps a direct connection to every member it has
+//!   an address for, up to [`MAX_MESH_PEERS`]. Addresses come from a peer's own signed gossip
+//!   announcement (the node hands them over with [`Client::learn_addrs`]; in a star the
+//!   leaves only hear of each other through the hub's relayed gossip), from identify on a
+//!   connection, and from mDNS. They are checked where they enter (plain TCP addresses of
+//!   that peer only, a few per peer, a bounded table with expiry) and redialed with the same
+//!   backoff as `--peer` addresses. A mesh joined through one bootstrap address, or through a
+//!   chain, becomes fully connected, so losing the bootstrap node splits nothing.
+//! - Requests that fail with their connection (a duplicate connection closed under them, a
+//!   peer restarting, a dial that raced another) are sent again on the next connection,
+//!   boundedly ([`Retry`], [`RETRY_PAUSES`], within the request timeout); the caller says per
+//!   request whether a second copy is safe.
+//! - Bounds: connection limits (per peer, inbound, in all, handshakes under way), at most
+//!   [`MAX_INBOUND_PER_PEER`] unanswered requests per peer, and every table a peer can grow
+//!   (learned peers, mDNS peers) capped and expiring.
+//! - Private mesh ([`psk`]): with a key, TCP runs behind libp2p `pnet` (XSalsa20 with the
+//!   pre-shared key) under noise, so a node without the key cannot even start a handshake.
+//!
+//! # Above the bound (more than `MAX_MESH_PEERS` nodes)
+//!
+//! A full mesh costs every node one connection (and one ping per second) per member, so past
+//! 64 members it stops growing: learned peers are no longer dialed, `--peer` addresses still
+//! are, and inbound connections are accepted up to the connection limits. What keeps working:
+//! gossip (gossipsub only needs a connected graph; it keeps ~6-12 mesh links per node and
+//! relays). What breaks first: the controller sends `Assign`, `Replicate` and results
+//! requests straight to each worker, so it must reach every one of them. The way to grow:
+//!
+//! 1. **Find any peer by id without a standing connection** — a Kademlia DHT
+//!    (`libp2p-kad`, the same one IPFS uses) over the members, so the controller dials a
+//!    worker on demand from its id and drops idle connections (LRU below the bound) instead
+//!    of holding all of them.
+//! 2. **Reach workers it cannot dial** (NAT, a one-way firewall) through a relayed stream:
+//!    `libp2p-relay` circuits through a member both can reach, upgraded to a direct
+//!    connection with DCUtR hole punching where possible.
+//! 3. **Keep the controller's fan-out bounded**: beyond a few hundred workers, replication
+//!    becomes a tree (followers forward batches to a few others) rather than a star from the
+//!    controller.
+//!
+//! None of this is needed at the sizes bx3 runs today (the bench measures 10 nodes); the
+//! bound exists so that a large or hostile mesh degrades to "gossip works, direct requests
+//! dial on demand" instead of exhausting file descriptors.
 
 mod behaviour;
 pub mod codec;
