@@ -113,19 +113,8 @@ fn ensure_loaded(runtime: &mut Runtime, modules: &Path, hash: &str) -> Result<()
 /// (CFS gives a nice-0 thread ~9x the share of a nice-10 one). Failing is not fatal: the
 /// task still runs, only without that protection.
 fn lower_priority() {
-    // SAFETY: getpriority/setpriority only read and change this thread's scheduling
-    // priority; no memory of ours is involved. (getpriority's -1 may be a real value or an
-    // error: either way the target below is still a valid niceness, clamped to 19.)
-    let result = unsafe {
-        let current = libc::getpriority(libc::PRIO_PROCESS, 0);
-        let target = current.saturating_add(super::EXECUTOR_NICE).min(19);
-        libc::setpriority(libc::PRIO_PROCESS, 0, target)
-    };
-    if result != 0 {
-        tracing::warn!(
-            "could not lower the executor's priority: {}",
-            std::io::Error::last_os_error()
-        );
+    if let Err(e) = super::lower_thread_priority() {
+        tracing::warn!("could not lower the executor's priority: {e}");
     }
 }
 
