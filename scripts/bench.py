@@ -9,7 +9,14 @@ Sections (--only): single (throughput 2,000 and 10,000 no-op tasks + fan-in, sub
 task start, one-task latency parts on a lone node), mesh (the same on 3 nodes, follower
 latency p50/p99, one-task parts at the controller and at a follower), scale (one 100,000-task
 DAG on a fresh 3-node mesh: accept, first task, finish, peak RSS), convergence (3 and 10
-nodes, failover), executors (scale reaction, idle cost).
+nodes, failover), topology (a 10-node star becoming fully connected; failover in a star and a
+chain), load (one-task latency at a leaf while CPU-bound work saturates the mesh; executor
+count and CPU-bound throughput with the old RAM-only sizing and the new default, same run),
+executors (scale reaction, idle cost).
+
+Every heavy run also counts controller changes (the largest term increase over the nodes,
+read from `status` before and after): it must be 0. The table ends with them, and --smoke
+exits 1 if any is not 0.
 """
 
 import argparse
@@ -183,12 +190,14 @@ class FirstStart(Background):
 
 class Node:
     def __init__(self, binary, root, name, executors, peers=(), extra=()):
+        """`executors=None`: the node's default sizing (min(RAM slots, CPU cores))."""
         self.dir = os.path.join(root, name)
         os.makedirs(self.dir, exist_ok=True)
         self.p2p_port = free_port()
         self.p2p = f"/ip4/127.0.0.1/tcp/{self.p2p_port}"
+        limit = [] if executors is None else ["--max-executors", str(executors)]
         args = [binary, "run", "--data-dir", self.dir, "--api", "127.0.0.1:0", "--no-mdns",
-                "--listen", self.p2p, "--max-executors", str(executors), *extra]
+                "--listen", self.p2p, *limit, *extra]
         for p in peers:
             args += ["--peer", p]
         self.log = open(os.path.join(self.dir, "node.log"), "ab")
@@ -230,6 +239,8 @@ class Bench:
         self.nodes = []
         self.rows = []
         self.count = 0
+        # (run label, controller changes) for every heavy run.
+        self.changes = []
 
     def node(self, executors, peers=(), extra=()):
         self.count += 1
@@ -237,11 +248,69 @@ class Bench:
         self.nodes.append(n)
         return n
 
-    def mesh(self, size, executors):
+    def mesh(self, size, executors, topology="full"):
+        """`size` nodes. full: each names every node started before it; star: each names
+        node 0 only; chain: each names the node before it only."""
         nodes = []
-        for _ in range(size):
-            nodes.append(self.node(executors, peers=[m.p2p for m in nodes]))
+        for i in range(size):
+            if topology == "full":
+                peers = [m.p2p for m in nodes]
+            elif topology == "star":
+                peers = [nodes[0].p2p] if nodes else []
+            else:
+                peers = [nodes[-1].p2p] if nodes else []
+            nodes.append(self.node(executors, peers=peers))
         return nodes
+
+    @staticmethod
+    def terms(nodes):
+        out = {}
+        for n in nodes:
+            if n.proc.poll() is None:
+                s = n.status()
+                out[s["peer_id"]] = (s["leader"], s["term"])
+        return out
+
+    def watch_controller(self, nodes, label):
+        """A context manager: counts controller changes (largest term increase over the
+        nodes alive at both ends, or a change of controller) during the block."""
+        bench = self
+
+        class Watch:
+            def __enter__(self):
+                self.before = bench.terms(nodes)
+                return self
+
+            def __exit__(self, *exc):
+                if exc[0] is not None:
+                    return False
+                after = bench.terms(nodes)
+                common = [p for p in self.before if p in after]
+                deltas = [after[p][1] - self.before[p][1] for p in common]
+                moved = any(after[p][0] != self.before[p][0] for p in common)
+                n = max([0, *deltas]) or (1 if moved else 0)
+                bench.changes.append((label, n))
+                print(f"  controller changes during {label}: {n}", file=sys.stderr, flush=True)
+                return False
+
+        return Watch()
+
+    def wait_connected(self, nodes, limit=60):
+        """Waits until every node has a direct connection to every other; returns seconds."""
+        t = time.perf_counter()
+        ids = [n.status()["peer_id"] for n in nodes]
+        while time.perf_counter() - t < limit:
+            ok = True
+            for n in nodes:
+                s = n.status()
+                conn = {p["peer_id"] for p in s["peers"] if p.get("connected")}
+                if not all(i in conn for i in ids if i != s["peer_id"]):
+                    ok = False
+                    break
+            if ok:
+                return time.perf_counter() - t
+            time.sleep(0.02)
+        raise RuntimeError(f"{len(nodes)} nodes not fully connected within {limit} s")
 
     def stop_all(self):
         for n in self.nodes:
@@ -529,11 +598,13 @@ class Bench:
         self.row(f"convergence, {size} local nodes (start to agreed leader)", times, "ms",
                  "includes process start")
 
-    def failover(self, runs):
+    def failover(self, runs, topology="full"):
         """kill -9 the controller while a DAG of small tasks runs: time until the survivors
-        agree on a new controller, and until the next task finishes under it."""
+        agree on a new controller, and until the next task finishes under it. In a star or a
+        chain, the nodes name only the hub or the one before them (peer exchange connects the
+        rest); the replacement node names one survivor only."""
         leader_times, task_times = [], []
-        nodes = self.mesh(3, 2)
+        nodes = self.mesh(3, 2, topology)
         self.wait_leader(nodes)
         self.wait_peers(nodes)
         rounds = 300_000 if self.smoke else 3_000_000
@@ -576,12 +647,104 @@ class Bench:
             except urllib.error.URLError:
                 pass
             # Bring a replacement in so the next round again kills a controller of three.
-            nodes = survivors + [self.node(2, peers=[n.p2p for n in survivors])]
+            names = [n.p2p for n in survivors] if topology == "full" else [survivors[-1].p2p]
+            nodes = survivors + [self.node(2, peers=names)]
             self.wait_peers(nodes)
-        self.row("failover: kill -9 controller to agreed new controller (3 nodes)", leader_times, "ms",
+        what = "3 nodes" if topology == "full" else f"3 nodes, {topology}"
+        self.row(f"failover: kill -9 controller to agreed new controller ({what})", leader_times, "ms",
                  "election timeout 0.5-1.0 s")
-        self.row("failover: kill -9 controller to next task finished", task_times, "ms",
+        self.row(f"failover: kill -9 controller to next task finished ({what})", task_times, "ms",
                  "DAG of 400 small tasks running")
+
+    def star_convergence(self, size, runs):
+        """A star (every node names node 0 only): seconds from the last node's API being up to
+        every node holding a direct connection to every other (peer exchange)."""
+        times = []
+        for _ in range(runs):
+            nodes = self.mesh(size, 1, "star")
+            times.append(self.wait_connected(nodes) * 1000)
+            self.stop_all()
+        self.row(f"star of {size} nodes: last node up to fully connected", times, "ms",
+                 "each node names only node 0; addresses learned from relayed announcements")
+
+    def cpu_dag(self, n, rounds, name="cpu"):
+        lines = [f"name: {name}", "tasks:"] + [
+            f"  - {{id: t{i}, module: cpu_heavy.wasm, inputs: [\"{rounds + i}\"]}}" for i in range(n)]
+        return "\n".join(lines) + "\n"
+
+    def leaf_latency_under_load(self, tasks, rounds, samples):
+        """3 nodes in a star with default executor counts; a CPU-bound DAG keeps every core
+        busy while one-task DAGs are submitted at a leaf, one after the other."""
+        nodes = self.mesh(3, None, "star")
+        self.wait_leader(nodes)
+        self.wait_connected(nodes)
+        leaf = self.follower(nodes)
+        if leaf is nodes[0]:
+            leaf = nodes[1]
+        hc = self.upload(leaf, "cpu_heavy.wasm")
+        he = self.upload(leaf, "echo.wasm")
+        one = "name: one\ntasks:\n  - {id: t, module: echo.wasm, inputs: [hi]}\n"
+        self.wait(leaf, self.submit(leaf, one, {"echo.wasm": he})[0])  # warm
+        idle = []
+        for _ in range(samples):
+            t = time.perf_counter()
+            self.wait(leaf, self.submit(leaf, one, {"echo.wasm": he})[0])
+            idle.append((time.perf_counter() - t) * 1000)
+        loaded = []
+        with self.watch_controller(nodes, f"the CPU-bound DAG ({tasks} tasks, 3 nodes, default executors)"):
+            dag_id, _ = self.submit(leaf, self.cpu_dag(tasks, rounds), {"cpu_heavy.wasm": hc})
+            deadline = time.time() + 120
+            while http("GET", f"{leaf.api}/v1/dags/{dag_id}?tasks=false")["counts"]["succeeded"] < 3:
+                if time.time() > deadline:
+                    raise RuntimeError("CPU-bound DAG did not start")
+                time.sleep(0.05)
+            for _ in range(samples):
+                if http("GET", f"{leaf.api}/v1/dags/{dag_id}?tasks=false")["state"] != "running":
+                    break
+                t = time.perf_counter()
+                v = self.wait(leaf, self.submit(leaf, one, {"echo.wasm": he})[0])
+                assert v["state"] == "succeeded", v
+                loaded.append((time.perf_counter() - t) * 1000)
+            v = self.wait(leaf, dag_id, limit=1800)
+            assert v["state"] == "succeeded", v
+        execs = [n.status()["executors"] for n in nodes]
+        self.row("one-task DAG at a leaf, idle mesh (3-node star)", idle, "ms", "submit to result, echo.wasm")
+        self.row("one-task DAG at a leaf while CPU-bound work saturates the mesh", loaded, "ms",
+                 f"{tasks} cpu_heavy tasks running; executors {[e['total'] for e in execs]} "
+                 f"(limited by {execs[0].get('limited_by')})")
+        if idle and loaded:
+            self.row("  ratio loaded / idle (one-task latency at a leaf)",
+                     [statistics.median(loaded) / statistics.median(idle)], "x", "same run")
+        self.stop_all()
+
+    def sizing(self, tasks, rounds):
+        """Executor count and CPU-bound throughput of a 3-node mesh with the old default
+        (RAM-sized: --max-executors set to the RAM slots) and the new one (min(RAM slots,
+        CPU cores)), in the same run, with the controller changes during each."""
+        results = {}
+        probe = self.node(None)
+        ram_slots = probe.status()["executors"].get("ram_slots", 0)
+        self.stop_all()
+        for label, executors in (("before: RAM-sized", ram_slots), ("after: min(RAM, cores)", None)):
+            nodes = self.mesh(3, executors)
+            self.wait_leader(nodes)
+            self.wait_peers(nodes)
+            submit_at = self.follower(nodes)
+            h = self.upload(submit_at, "cpu_heavy.wasm")
+            self.wait(submit_at, self.submit(submit_at, self.cpu_dag(6, 1000), {"cpu_heavy.wasm": h})[0])
+            total = nodes[0].status()["executors"]["total"]
+            with self.watch_controller(nodes, f"the CPU-bound DAG, {label}"):
+                dag_id, _ = self.submit(submit_at, self.cpu_dag(tasks, rounds, "sizing"), {"cpu_heavy.wasm": h})
+                v = self.wait(submit_at, dag_id, limit=1800)
+            ok = v["state"] == "succeeded"
+            ms = max(1, v["finished_at_ms"] - v["created_at_ms"])
+            results[label] = (total, tasks / (ms / 1000.0), ok)
+            self.row(f"executors per node, {label}", [total], "", f"RAM slots {ram_slots}")
+            self.row(f"CPU-bound throughput, {label}", [tasks / (ms / 1000.0)], "tasks/s",
+                     f"{tasks} cpu_heavy tasks of ~{rounds / 1e6:.0f} M rounds, 3 nodes; DAG {v['state']}")
+            self.stop_all()
+        (_, before, _), (_, after, _) = results.values()
+        self.row("  ratio after / before (CPU-bound throughput)", [after / before], "x", "same run")
 
     def scale_reaction(self, runs):
         ram = os.path.join(self.root, "ram")
@@ -638,7 +801,7 @@ class Bench:
         self.stop_all()
 
 
-SECTIONS = ("single", "mesh", "scale", "convergence", "executors")
+SECTIONS = ("single", "mesh", "scale", "convergence", "topology", "load", "executors")
 
 
 def main():
@@ -672,8 +835,9 @@ def main():
             three = b.mesh(3, 2)
             b.wait_leader(three)
             b.wait_peers(three)
-            b.throughput(three, 200 if s else 2000, "3 nodes x 2 executors", 1 if s else 5)
-            b.throughput_first(three, big, "3 nodes x 2 executors (submitted at a follower)", 1 if s else 5)
+            with b.watch_controller(three, "the 3-node throughput runs"):
+                b.throughput(three, 200 if s else 2000, "3 nodes x 2 executors", 1 if s else 5)
+                b.throughput_first(three, big, "3 nodes x 2 executors (submitted at a follower)", 1 if s else 5)
             b.latency(three, 3 if s else 100)
             b.breakdown(None, three, 3 if s else 100)
             b.stop_all()
@@ -682,7 +846,8 @@ def main():
             three = b.mesh(3, 2)
             b.wait_leader(three)
             b.wait_peers(three)
-            b.scale(three, args.scale_tasks or (2000 if s else 100_000), args.scale_fanin)
+            with b.watch_controller(three, "the scale run"):
+                b.scale(three, args.scale_tasks or (2000 if s else 100_000), args.scale_fanin)
             b.stop_all()
         if "convergence" in only:
             print("--- convergence and failover", file=sys.stderr)
@@ -690,6 +855,19 @@ def main():
             if not s:
                 b.convergence(10, 3)
             b.failover(1 if s else 10)
+            b.stop_all()
+        if "topology" in only:
+            print("--- topology: star and chain", file=sys.stderr)
+            b.star_convergence(4 if s else 10, 1 if s else 5)
+            if not s:
+                b.failover(10, "star")
+                b.failover(10, "chain")
+            b.stop_all()
+        if "load" in only:
+            print("--- load: the control plane under CPU-bound work", file=sys.stderr)
+            b.leaf_latency_under_load(24 if s else 300, 20_000_000 if s else 40_000_000, 2 if s else 20)
+            if not s:
+                b.sizing(60, 100_000_000)
             b.stop_all()
         if "executors" in only:
             print("--- executors", file=sys.stderr)
@@ -703,6 +881,14 @@ def main():
     if args.json:
         json.dump([dict(zip(["name", "median", "min", "max", "unit", "n", "note"], r)) for r in b.rows],
                   open(args.json, "w"), indent=1)
+    print()
+    print("controller changes during heavy runs (must be 0):")
+    for label, n in b.changes:
+        print(f"  {n:>3}  {label}")
+    bad = [label for label, n in b.changes if n != 0]
+    if bad and args.smoke:
+        print(f"bench smoke: controller changed during {bad}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -522,6 +522,18 @@ pub fn render_status(s: &StatusView) -> String {
             .map(|m| format!(", capped at {m}"))
             .unwrap_or_default()
     );
+    if e.cpu_cores > 0 {
+        let _ = writeln!(out, "          {}", executor_limits(e));
+    }
+    let _ = writeln!(
+        out,
+        "mesh      {}",
+        if s.private_mesh {
+            "private (--mesh-key: only nodes holding the key can connect)"
+        } else {
+            "open (no --mesh-key: any node that reaches this one can join)"
+        }
+    );
     let _ = writeln!(
         out,
         "dags      {} active, replica at batch {}",
@@ -534,11 +546,43 @@ pub fn render_status(s: &StatusView) -> String {
     for p in &s.peers {
         let _ = writeln!(
             out,
-            "  {}  {} busy / {} executors, replica at batch {} ({} behind)",
-            p.peer_id, p.executors.busy, p.executors.total, p.replica_seq, p.replica_behind
+            "  {}  {} busy / {} executors{}, replica at batch {} ({} behind), {}",
+            p.peer_id,
+            p.executors.busy,
+            p.executors.total,
+            p.executors
+                .limited_by
+                .map(|l| format!(" ({}-bound)", l.as_str()))
+                .unwrap_or_default(),
+            p.replica_seq,
+            p.replica_behind,
+            if p.connected {
+                "connected"
+            } else {
+                "not connected (heard through other nodes)"
+            }
         );
     }
     out
+}
+
+/// "limited by cpu: 2 cores; RAM allows 180": both limits and which one decided.
+fn executor_limits(e: &bx3_protocol::api::ExecutorsView) -> String {
+    use bx3_protocol::api::ExecutorLimit;
+    let which = match e.limited_by {
+        Some(ExecutorLimit::Ram) => "RAM",
+        Some(ExecutorLimit::Cpu) => "CPU cores",
+        Some(ExecutorLimit::MaxExecutors) => "--max-executors",
+        None => "unknown",
+    };
+    format!(
+        "limited by {which}: RAM allows {}, {} CPU cores{}",
+        e.ram_slots,
+        e.cpu_cores,
+        e.max_executors
+            .map(|m| format!(", --max-executors {m}"))
+            .unwrap_or_default()
+    )
 }
 
 #[cfg(test)]

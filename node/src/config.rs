@@ -47,6 +47,11 @@ pub struct RunArgs {
     #[arg(long, env = "BX3_NO_MDNS")]
     pub no_mdns: bool,
 
+    /// Private mesh: only nodes holding this key (a swarm.key file, see `bx3-node keygen`)
+    /// can connect [default: an open mesh].
+    #[arg(long, env = "BX3_MESH_KEY", value_name = "FILE")]
+    pub mesh_key: Option<PathBuf>,
+
     /// RAM reserved for one executor, MB; also the default per-task memory limit.
     #[arg(long, env = "BX3_RAM_PER_EXECUTOR", value_name = "MB", default_value_t = DEFAULT_RAM_PER_EXECUTOR_MB)]
     pub ram_per_executor: u64,
@@ -72,6 +77,8 @@ pub struct Config {
     pub listen: Vec<Multiaddr>,
     pub peers: Vec<Multiaddr>,
     pub mdns: bool,
+    /// Key file of a private mesh (read when the node starts).
+    pub mesh_key: Option<PathBuf>,
     pub ram_per_executor_mb: u64,
     pub min_free_ram_mb: u64,
     pub max_executors: Option<usize>,
@@ -161,6 +168,7 @@ impl RunArgs {
             listen,
             peers: parse_addrs("peer", &self.peer)?,
             mdns: !self.no_mdns,
+            mesh_key: self.mesh_key.clone().filter(|p| !p.as_os_str().is_empty()),
             ram_per_executor_mb: self.ram_per_executor,
             min_free_ram_mb: self.min_free_ram,
             max_executors: self.max_executors,

@@ -43,6 +43,8 @@ enum Command {
     Cancel(CancelArgs),
     /// Show the node, the controller, executors and peers.
     Status(StatusArgs),
+    /// Write a new mesh key (for --mesh-key) to FILE, mode 0600; never overwrites.
+    Keygen(KeygenArgs),
     /// Internal: an executor process (started by the node).
     #[command(name = "__executor", hide = true)]
     Executor(ExecutorArgs),
@@ -117,6 +119,12 @@ struct StatusArgs {
 }
 
 #[derive(Args)]
+struct KeygenArgs {
+    /// Where to write the key (e.g. swarm.key); must not exist yet.
+    file: PathBuf,
+}
+
+#[derive(Args)]
 struct ExecutorArgs {
     #[arg(long)]
     data_dir: PathBuf,
@@ -137,6 +145,7 @@ fn main() -> ExitCode {
     match cli.command {
         None => run_node(cli.run),
         Some(Command::Run(args)) => run_node(args),
+        Some(Command::Keygen(args)) => keygen(&args.file),
         Some(Command::Executor(args)) => {
             init_tracing("warn");
             match bx3_node::executor::child::serve(&args.data_dir) {
@@ -168,6 +177,25 @@ fn main() -> ExitCode {
                     ExitCode::from(e.exit_code())
                 }
             }
+        }
+    }
+}
+
+/// `keygen FILE`: exit 0 with the key written, 2 if the file exists or cannot be written.
+fn keygen(file: &std::path::Path) -> ExitCode {
+    match bx3_node::net::psk::generate_file(file) {
+        Ok(key) => {
+            eprintln!(
+                "wrote a new mesh key to {} (fingerprint {}); give it to every node with --mesh-key {}",
+                file.display(),
+                key.fingerprint(),
+                file.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("bx3-node: {e}");
+            ExitCode::from(2)
         }
     }
 }
@@ -242,7 +270,9 @@ async fn client_command(cmd: Command) -> Result<(), ClientError> {
         Command::Dags(a) => a.target.clone(),
         Command::Cancel(a) => a.target.clone(),
         Command::Status(a) => a.target.clone(),
-        Command::Run(_) | Command::Executor(_) => unreachable!("handled in main"),
+        Command::Run(_) | Command::Executor(_) | Command::Keygen(_) => {
+            unreachable!("handled in main")
+        }
     };
     let client = Client::new(client::resolve_api(
         target.api.as_deref(),
@@ -326,6 +356,8 @@ async fn client_command(cmd: Command) -> Result<(), ClientError> {
             }
             Ok(())
         }
-        Command::Run(_) | Command::Executor(_) => unreachable!("handled in main"),
+        Command::Run(_) | Command::Executor(_) | Command::Keygen(_) => {
+            unreachable!("handled in main")
+        }
     }
 }

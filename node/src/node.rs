@@ -49,6 +49,8 @@ pub enum NodeError {
     Exe(std::io::Error),
     #[error("cannot start networking: {0}")]
     Net(String),
+    #[error("{0}")]
+    MeshKey(#[from] net::psk::KeyError),
     #[error("a node task failed: {0}")]
     Task(String),
 }
@@ -142,6 +144,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
     let _lock = lock_data_dir(&dir)?;
     let key = load_identity(&dir)?;
     let peer_id = key.public().to_peer_id().to_string();
+    // Before anything else starts: a node told to run a private mesh never joins an open one.
+    let psk = match &config.mesh_key {
+        Some(path) => {
+            let psk = net::psk::load(path)?;
+            if net::psk::readable_by_others(path) {
+                tracing::warn!(file = %path.display(), "the mesh key file is readable by other users; `chmod 600` it");
+            }
+            tracing::info!(fingerprint = %psk.fingerprint(), "mesh: private (only nodes holding this key can connect)");
+            Some(psk)
+        }
+        None => {
+            tracing::info!("mesh: open (no --mesh-key: any node that can reach this one can join; see README, Security)");
+            None
+        }
+    };
     let store = Store::open(&dir.join("db"))?;
     let modules = ModuleStore::open(dir.join("modules")).map_err(io_err(&dir))?;
     let compiled_dir = dir.join("compiled");
@@ -159,6 +176,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
         ram_per_executor_mb: config.ram_per_executor_mb,
         min_free_ram_mb: config.min_free_ram_mb,
         max_executors: config.max_executors,
+        cpu_cores: executor::sizing::cpu_cores(),
     };
 
     let mut tasks = JoinSet::new();
@@ -178,6 +196,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
         tracing::info!(
             %peer_id,
             executors = c.executors,
+            ram_slots = c.ram_slots,
+            cpu_cores = c.cpu_cores,
+            limited_by = ?c.limited_by,
             ram_per_executor_mb = config.ram_per_executor_mb,
             available_ram_mb = c.available_ram_mb,
             min_free_ram_mb = config.min_free_ram_mb,
@@ -198,6 +219,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
             max_message: wire::MAX_RPC,
             max_gossip: wire::MAX_GOSSIP,
             request_timeout: std::time::Duration::from_secs(30),
+            psk,
         },
         validator,
         net_tx,
@@ -215,7 +237,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
             ram_per_executor_mb: config.ram_per_executor_mb,
             min_free_ram_mb: config.min_free_ram_mb,
             max_executors: config.max_executors,
-            private_mesh: false,
+            private_mesh: net_client.is_private(),
         },
         net: net_client,
         net_events: net_rx,

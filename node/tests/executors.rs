@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use bx3_protocol::api::{DagState, TaskState};
+use bx3_protocol::api::{DagState, ExecutorLimit, TaskState};
 use common::{children_of, rss_kib, write_dag, TestNode};
 
 const MIN: Duration = Duration::from_secs(60);
@@ -17,9 +17,17 @@ fn executor_count_follows_ram_and_shrinking_spares_running_tasks() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let ram = tmp.path().join("ram");
     std::fs::write(&ram, "1024").expect("write");
-    let node = TestNode::start_with(&["--ram-file", ram.to_str().expect("utf-8")]);
+    // --max-executors above the RAM slots: RAM decides (not the CPU cores).
+    let node = TestNode::start_with(&[
+        "--ram-file",
+        ram.to_str().expect("utf-8"),
+        "--max-executors",
+        "64",
+    ]);
     // (1024 - 512) / 128 = 4
     let s = node.wait_status(MIN, "4 executors", |s| s.executors.total == 4);
+    assert_eq!(s.executors.limited_by, Some(ExecutorLimit::Ram));
+    assert_eq!(s.executors.ram_slots, 4);
     assert_eq!(
         (s.executors.ram_per_executor_mb, s.executors.min_free_ram_mb),
         (128, 512)
@@ -146,5 +154,71 @@ fn memory_bomb_is_contained() {
     for pid in children_of(node.pid()) {
         let rss = rss_kib(pid).unwrap_or(0);
         assert!(rss < 200 * 1024, "executor RSS {rss} KiB stays bounded");
+    }
+}
+
+/// The niceness of a process (field 19 of /proc/PID/stat).
+fn nice_of(pid: u32) -> Option<i64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    rest.split_whitespace().nth(16)?.parse().ok()
+}
+
+/// By default a node runs `min(RAM slots, CPU cores)` executors and says which limit decided;
+/// `--max-executors` may go above the cores; executor processes run at a lower scheduling
+/// priority (nice +10) than the node, so the node stays responsive when every core is busy.
+#[test]
+fn executors_are_cpu_bound_by_default_and_run_below_the_node() {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let node = TestNode::start_with(&[]);
+    let s = node.status();
+    let e = &s.executors;
+    assert_eq!(e.cpu_cores, cores);
+    assert!(e.ram_slots >= 1);
+    assert_eq!(e.total, e.ram_slots.min(cores), "{e:?}");
+    let want = if e.ram_slots <= cores {
+        ExecutorLimit::Ram
+    } else {
+        ExecutorLimit::Cpu
+    };
+    assert_eq!(e.limited_by, Some(want), "{e:?}");
+    let text = node.cli(&["status"], MIN);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("limited by"), "{text}");
+    assert!(text.contains(&format!("{cores} CPU cores")), "{text}");
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let file = write_dag(
+        tmp.path(),
+        "one.yaml",
+        "name: one\ntasks:\n  - {id: a, module: cpu_heavy.wasm, inputs: [\"2000000000\"]}\n",
+    );
+    let id = node.submit(&file);
+    node.wait_for(&id, MIN, "the task running", |v| v.counts.running == 1);
+    let deadline = std::time::Instant::now() + MIN;
+    let executors = loop {
+        let kids = children_of(node.pid());
+        if !kids.is_empty() {
+            break kids;
+        }
+        assert!(std::time::Instant::now() < deadline, "no executor process");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let node_nice = nice_of(node.pid()).expect("node nice");
+    for pid in executors {
+        let nice = nice_of(pid).expect("executor nice");
+        assert_eq!(
+            nice,
+            (node_nice + 10).min(19),
+            "executor {pid} runs at nice +10"
+        );
+    }
+    node.cli(&["cancel", &id], MIN);
+
+    let above = TestNode::start_with(&["--max-executors", &(cores + 3).to_string()]);
+    let e = above.status().executors;
+    if e.ram_slots >= cores + 3 {
+        assert_eq!(e.total, cores + 3, "--max-executors may go above the cores");
+        assert_eq!(e.limited_by, Some(ExecutorLimit::MaxExecutors));
     }
 }

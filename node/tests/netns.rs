@@ -244,3 +244,141 @@ fn partition_and_heal_keeps_both_sides_work() {
         }
     }
 }
+
+/// A private mesh over mDNS: three nodes in their own namespaces, all given the same
+/// `--mesh-key`, find each other by mDNS and agree on one controller (status says private);
+/// a fourth node without the key, started in the first node's namespace with mDNS on, sees
+/// them by mDNS but never completes a connection, and they never list it.
+#[test]
+fn keyed_nodes_form_a_mesh_by_mdns_and_strangers_stay_out() {
+    if !netns_available() {
+        eprintln!("skipped: network namespaces need root and iproute2");
+        return;
+    }
+    let keys = tempfile::tempdir().expect("tempdir");
+    let key = keys.path().join("swarm.key");
+    let out = run_bounded(
+        {
+            let mut c = Command::new(BIN);
+            c.arg("keygen").arg(&key);
+            c
+        },
+        Duration::from_secs(30),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let net = Testnet {
+        dir: tempfile::tempdir().expect("tempdir"),
+        prefix: format!("bx3k{}", std::process::id() % 100_000),
+    };
+    let key_arg = key.to_str().expect("utf-8");
+    let out = net.run(
+        &["up", "3", "--netns", "--", "--mesh-key", key_arg],
+        Duration::from_secs(120),
+    );
+    assert!(
+        out.status.success(),
+        "testnet up failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let start = Instant::now();
+    let ids = loop {
+        let all: Vec<Option<StatusView>> = (0..3).map(|i| net.status(i)).collect();
+        let leader = all[0].as_ref().and_then(|s| s.leader.clone());
+        if leader.is_some()
+            && all.iter().all(|s| {
+                s.as_ref().is_some_and(|s| {
+                    s.private_mesh
+                        && s.leader == leader
+                        && s.peers.len() == 2
+                        && s.peers.iter().all(|p| p.connected)
+                })
+            })
+        {
+            break all
+                .into_iter()
+                .flatten()
+                .map(|s| s.peer_id)
+                .collect::<Vec<_>>();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "keyed nodes did not form a mesh by mDNS within 60 s: {all:#?}\nlog 0:\n{}",
+            std::fs::read_to_string(net.node_dir(0).join("node.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    eprintln!("keyed mesh formed by mDNS after {:?}", start.elapsed());
+
+    // A stranger without the key, mDNS on, in node 0's namespace (its own data dir and port).
+    let stranger_dir = net.dir.path().join("stranger");
+    let log = std::fs::File::create(net.dir.path().join("stranger.log")).expect("log");
+    let mut stranger = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &format!("{}-n0", net.prefix),
+            BIN,
+            "run",
+            "--data-dir",
+        ])
+        .arg(&stranger_dir)
+        .args([
+            "--api",
+            "127.0.0.1:7421",
+            "--listen",
+            "/ip4/0.0.0.0/tcp/4002",
+        ])
+        .env("RUST_LOG", "info,bx3_node=debug")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start the stranger");
+    let stranger_status = || -> Option<StatusView> {
+        let mut c = Command::new("ip");
+        c.args([
+            "netns",
+            "exec",
+            &format!("{}-n0", net.prefix),
+            BIN,
+            "status",
+            "--json",
+            "--data-dir",
+        ])
+        .arg(&stranger_dir);
+        serde_json::from_slice(&run_bounded(c, Duration::from_secs(30)).stdout).ok()
+    };
+    let watch_until = Instant::now() + Duration::from_secs(15);
+    let mut stranger_id = None;
+    while Instant::now() < watch_until {
+        if let Some(s) = stranger_status() {
+            assert!(!s.private_mesh);
+            assert!(s.peers.is_empty(), "the stranger joined: {s:#?}");
+            stranger_id = Some(s.peer_id);
+        }
+        for i in 0..3 {
+            if let Some(s) = net.status(i) {
+                assert!(
+                    s.peers.iter().all(|p| ids.contains(&p.peer_id)),
+                    "node {i} lists a stranger: {s:#?}"
+                );
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let _ = stranger.kill();
+    let _ = stranger.wait();
+    assert!(
+        stranger_id.is_some(),
+        "the stranger never answered its status"
+    );
+    let slog = std::fs::read_to_string(net.dir.path().join("stranger.log")).unwrap_or_default();
+    assert!(
+        slog.contains("mDNS discovered peer"),
+        "the stranger did see the keyed nodes by mDNS (so it was kept out by the key):\n{slog}"
+    );
+}

@@ -293,6 +293,28 @@ pub enum ExecutorLimit {
     MaxExecutors,
 }
 
+impl ExecutorLimit {
+    /// The JSON spelling: `ram`, `cpu`, `max-executors`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecutorLimit::Ram => "ram",
+            ExecutorLimit::Cpu => "cpu",
+            ExecutorLimit::MaxExecutors => "max-executors",
+        }
+    }
+
+    /// The inverse of [`ExecutorLimit::as_str`]; `None` for anything else.
+    pub fn parse(s: &str) -> Option<ExecutorLimit> {
+        [
+            ExecutorLimit::Ram,
+            ExecutorLimit::Cpu,
+            ExecutorLimit::MaxExecutors,
+        ]
+        .into_iter()
+        .find(|l| l.as_str() == s)
+    }
+}
+
 /// This node's part in the election.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, Default)]
 #[serde(rename_all = "lowercase")]
@@ -334,6 +356,10 @@ pub struct PeerView {
     /// The peer's bx3 version.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub version: String,
+    /// Whether this node holds a direct connection to the peer (peers can also be heard of
+    /// through gossip relayed by others).
+    #[serde(default)]
+    pub connected: bool,
 }
 
 fn yes() -> bool {

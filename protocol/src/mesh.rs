@@ -170,6 +170,10 @@ pub struct Announce {
     pub ram_slots: u64,
     #[serde(default)]
     pub cpu_cores: u64,
+    /// Which limit decided `executors_total` (`ram`, `cpu`, `max-executors`; a string, so
+    /// that a limit a later version adds does not make the announcement undecodable).
+    #[serde(default)]
+    pub limited_by: String,
 }
 
 // ---- work --------------------------------------------------------------------------------

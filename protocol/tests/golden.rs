@@ -97,6 +97,7 @@ fn gossip() -> Vec<(&'static str, Gossip)> {
                 replica_seq: 5,
                 ram_slots: 28,
                 cpu_cores: 4,
+                limited_by: "cpu".into(),
             }),
         ),
         (

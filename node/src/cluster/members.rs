@@ -29,6 +29,9 @@ pub fn sanitize(mut a: Announce) -> Announce {
     a.min_free_ram_mb = a.min_free_ram_mb.min(ram_cap);
     a.ram_slots = a.ram_slots.min(u64::from(MAX_EXECUTORS));
     a.cpu_cores = a.cpu_cores.min(u64::from(MAX_EXECUTORS));
+    if a.limited_by.len() > 32 {
+        a.limited_by.clear();
+    }
     if a.version.len() > MAX_VERSION_LEN {
         a.version = a.version.chars().take(MAX_VERSION_LEN).collect();
     }

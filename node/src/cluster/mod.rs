@@ -230,6 +230,8 @@ pub struct Core {
     gone: HashMap<NodeId, (u64, Announce)>,
     /// When this node last had a member (core clock), if ever.
     had_peer_ms: Option<u64>,
+    /// Peers this node holds a direct connection to (others are heard of through gossip).
+    connected: HashSet<NodeId>,
     stats: Stats,
 }
 
@@ -268,6 +270,7 @@ impl Core {
             changes: VecDeque::new(),
             gone: HashMap::new(),
             had_peer_ms: None,
+            connected: HashSet::new(),
             stats: Stats::default(),
             cfg,
         }
@@ -334,8 +337,13 @@ impl Core {
     fn input(&mut self, input: Input, reads: &dyn Reads) -> Result<(), StoreError> {
         match input {
             Input::Tick => self.tick(reads)?,
-            Input::Connected(_) => {}
+            Input::Connected(peer) => {
+                if self.connected.len() < members::MAX_MEMBERS {
+                    self.connected.insert(peer);
+                }
+            }
             Input::Disconnected(peer) => {
+                self.connected.remove(&peer);
                 if self.members.get(&peer).is_some() {
                     tracing::info!(peer = %peer, "peer disconnected");
                     self.node_down(&peer);
@@ -637,6 +645,10 @@ impl Core {
             replica_seq: self.pos.seq,
             ram_slots: c.ram_slots,
             cpu_cores: c.cpu_cores,
+            limited_by: c
+                .limited_by
+                .map(|l| l.as_str().to_string())
+                .unwrap_or_default(),
         };
         self.out.push(Output::Broadcast(Gossip::Announce(a)));
     }
@@ -1157,7 +1169,7 @@ impl Core {
                 max_executors: None,
                 ram_slots: a.ram_slots,
                 cpu_cores: a.cpu_cores,
-                limited_by: None,
+                limited_by: ExecutorLimit::parse(&a.limited_by),
             },
             addrs: a.addrs.clone(),
             replica_seq: a.replica_seq,
@@ -1165,6 +1177,7 @@ impl Core {
             alive,
             last_seen_ms: Some(seen),
             version: a.version.clone(),
+            connected: self.connected.contains(id),
         };
         let mut peers: Vec<PeerView> = self
             .members

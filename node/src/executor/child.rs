@@ -15,6 +15,9 @@ use super::runtime::{Job, Limits, Outcome, Runtime};
 /// Serves requests until stdin closes. Exits the process if the node (its parent) goes away,
 /// so a task stuck in a loop never outlives a killed node.
 pub fn serve(data_dir: &Path) -> Result<(), frame::FrameError> {
+    // First, before any other thread exists (on Linux a thread's niceness is its own and
+    // new threads inherit it).
+    lower_priority();
     watch_parent();
     let mut runtime = Runtime::new(data_dir.join("compiled"))
         .map_err(|e| frame::FrameError::Io(std::io::Error::other(e.to_string())))?;
@@ -103,6 +106,16 @@ fn ensure_loaded(runtime: &mut Runtime, modules: &Path, hash: &str) -> Result<()
         ));
     }
     runtime.prepare(hash, &bytes).map_err(|e| e.to_string())
+}
+
+/// Runs this executor `EXECUTOR_NICE` steps below the node's scheduling priority, so that
+/// when tasks keep every core busy the node's heartbeats, gossip and API still get the CPU
+/// (CFS gives a nice-0 thread ~9x the share of a nice-10 one). Failing is not fatal: the
+/// task still runs, only without that protection.
+fn lower_priority() {
+    if let Err(e) = super::lower_thread_priority() {
+        tracing::warn!("could not lower the executor's priority: {e}");
+    }
 }
 
 fn watch_parent() {

@@ -34,6 +34,30 @@ use sizing::{Capacity, Sizer};
 /// How often the executor count is re-evaluated.
 const SIZING_INTERVAL: Duration = Duration::from_secs(3);
 
+/// How much lower than the node an executor process runs (`nice` increment): tasks are
+/// CPU-bound, and the control plane (heartbeats, gossip, API) must not starve behind them.
+pub const EXECUTOR_NICE: i32 = 10;
+
+/// Lowers the calling thread's scheduling priority by [`EXECUTOR_NICE`] (on Linux niceness
+/// is per thread, and threads it creates afterwards inherit it). For executor processes (at
+/// their start) and for CPU-heavy work the node does on a thread of its own, such as compiling
+/// a module fetched from a peer: it must not delay heartbeats under load.
+pub fn lower_thread_priority() -> std::io::Result<()> {
+    // SAFETY: getpriority/setpriority only read and change this thread's scheduling
+    // priority; no memory of ours is involved. (getpriority's -1 may be a real value or an
+    // error: either way the target below is still a valid niceness, clamped to 19.)
+    let result = unsafe {
+        let current = libc::getpriority(libc::PRIO_PROCESS, 0);
+        let target = current.saturating_add(EXECUTOR_NICE).min(19);
+        libc::setpriority(libc::PRIO_PROCESS, 0, target)
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// A task's stdout beyond this fails the task (outputs travel between nodes; see the mesh).
 pub const MAX_OUTPUT: usize = 8 * 1024 * 1024;
 /// How much of a failing task's stderr is kept for its error message.

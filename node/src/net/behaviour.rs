@@ -3,12 +3,16 @@
 use std::time::Duration;
 
 use libp2p::{
-    allow_block_list, gossipsub, identify, mdns, ping, request_response,
+    allow_block_list, connection_limits, gossipsub, identify, mdns, ping, request_response,
     swarm::{behaviour::toggle::Toggle, NetworkBehaviour},
     StreamProtocol,
 };
 
-use super::{codec::Codec, Config, NetError, GOSSIP_TOPIC, IDENTIFY_PROTOCOL, RPC_PROTOCOL};
+use super::{
+    codec::Codec, Config, NetError, GOSSIP_TOPIC, IDENTIFY_PROTOCOL, MAX_CONNECTIONS,
+    MAX_CONNECTIONS_PER_PEER, MAX_INCOMING, MAX_PENDING_INCOMING, MAX_PENDING_OUTGOING,
+    RPC_PROTOCOL,
+};
 
 /// Gossipsub heartbeat (mesh upkeep), libp2p's default. Delivery does not wait for it: with
 /// flood publishing a message goes straight to every subscribed peer; the mesh the heartbeat
@@ -25,12 +29,14 @@ pub(super) const PING_TIMEOUT: Duration = Duration::from_secs(3);
 /// Concurrent inbound + outbound request streams per connection (libp2p's default is 100).
 const MAX_CONCURRENT_STREAMS: usize = 64;
 
-/// The network behaviour. Field order matters: the block list is consulted first, so a blocked
-/// peer's connection is denied before any other behaviour sees it.
+/// The network behaviour. Field order matters: the block list and the connection limits are
+/// consulted first, so a refused connection is denied before any other behaviour sees it.
 #[derive(NetworkBehaviour)]
 pub(super) struct Behaviour {
     /// Partition test hook: refuses and closes connections to blocked peers.
     pub(super) block_list: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    /// Bounds on connections: per peer, inbound, in all, and handshakes under way.
+    pub(super) limits: connection_limits::Behaviour,
     /// Exchanges protocol version, agent and listen addresses.
     pub(super) identify: identify::Behaviour,
     /// Liveness: failures close the connection (libp2p does not do it by itself).
@@ -102,8 +108,18 @@ impl Behaviour {
                 .with_max_concurrent_streams(MAX_CONCURRENT_STREAMS),
         );
 
+        let limits = connection_limits::Behaviour::new(
+            connection_limits::ConnectionLimits::default()
+                .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER))
+                .with_max_established(Some(MAX_CONNECTIONS))
+                .with_max_established_incoming(Some(MAX_INCOMING))
+                .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
+                .with_max_pending_outgoing(Some(MAX_PENDING_OUTGOING)),
+        );
+
         Ok(Self {
             block_list: allow_block_list::Behaviour::default(),
+            limits,
             identify,
             ping,
             mdns: Toggle::from(mdns),

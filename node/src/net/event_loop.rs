@@ -12,12 +12,14 @@ use std::{
     time::Duration,
 };
 
+use either::Either;
 use libp2p::{
     core::{upgrade, ConnectedPoint, Transport as _},
     futures::{future::BoxFuture, stream::FuturesUnordered, StreamExt},
     gossipsub, identify, mdns,
     multiaddr::Protocol,
     noise, ping,
+    pnet::PnetConfig,
     request_response::{self, OutboundFailure, OutboundRequestId, ResponseChannel},
     swarm::{
         dial_opts::{DialOpts, PeerCondition},
@@ -34,7 +36,9 @@ use tracing::{debug, info, trace, warn};
 
 use super::{
     behaviour::{Behaviour, BehaviourEvent, PING_INTERVAL, PING_TIMEOUT},
-    Command, Config, Event, NetError, Validator, GOSSIP_TOPIC, REDIAL_MAX, REDIAL_MIN,
+    peers::{self, Source},
+    Command, Config, Event, NetError, Validator, GOSSIP_TOPIC, MAX_INBOUND_PER_PEER,
+    MAX_MESH_PEERS, REDIAL_MAX, REDIAL_MIN,
 };
 
 /// Connections with no open stream are closed after this long.
@@ -103,8 +107,6 @@ struct StaticPeer {
     next_attempt: Instant,
     /// Delay before the next attempt after this one fails.
     backoff: Duration,
-    /// Learned through mDNS (forgotten when its record expires) rather than given by --peer.
-    from_mdns: bool,
 }
 
 impl StaticPeer {
@@ -117,7 +119,6 @@ impl StaticPeer {
             connected_at: None,
             next_attempt: now,
             backoff: REDIAL_MIN,
-            from_mdns: false,
         }
     }
 
@@ -188,6 +189,14 @@ pub(super) struct EventLoop {
     last_alive: HashMap<ConnectionId, (PeerId, Instant)>,
     /// `--peer` addresses we keep connected.
     static_peers: Vec<StaticPeer>,
+    /// Peers learned from their announcements, identify and mDNS, kept connected up to
+    /// `MAX_MESH_PEERS` (bounded, with expiry).
+    learned: peers::Table,
+    /// Unanswered inbound requests per peer (bounded by `MAX_INBOUND_PER_PEER`); entries
+    /// go when they reach zero.
+    inbound_per_peer: HashMap<PeerId, usize>,
+    /// Connected peers, published to the `Client`s.
+    connected_tx: tokio::sync::watch::Sender<HashSet<PeerId>>,
     /// Peers blocked through `Client::block` (mirrors the block-list behaviour).
     blocked: HashSet<PeerId>,
     /// Caps and timeouts from the config.
@@ -204,22 +213,31 @@ impl EventLoop {
         validator: Validator,
         commands: mpsc::Receiver<Command>,
         events: mpsc::Sender<Event>,
+        connected_tx: tokio::sync::watch::Sender<HashSet<PeerId>>,
         shutdown: CancellationToken,
     ) -> Result<Self, NetError> {
         let behaviour = Behaviour::new(&config)?;
-        // What `with_tcp(tcp, noise, yamux)` builds, plus a handshake timeout.
+        let psk = config.psk;
+        // What `with_tcp(tcp, noise, yamux)` builds, plus a handshake timeout, and with a
+        // mesh key the pnet handshake (XSalsa20 with the pre-shared key) under everything
+        // else: without the key, a peer cannot even start the noise handshake.
         let mut swarm = SwarmBuilder::with_existing_identity(config.keypair.clone())
             .with_tokio()
             .with_other_transport(|key| {
                 let noise = noise::Config::new(key)
                     .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) })?;
-                Ok(
-                    tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
-                        .upgrade(upgrade::Version::V1Lazy)
-                        .authenticate(noise)
-                        .multiplex(yamux::Config::default())
-                        .timeout(HANDSHAKE_TIMEOUT),
-                )
+                let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
+                let base = match psk {
+                    Some(psk) => Either::Left(
+                        tcp.and_then(move |socket, _| PnetConfig::new(psk).handshake(socket)),
+                    ),
+                    None => Either::Right(tcp),
+                };
+                Ok(base
+                    .upgrade(upgrade::Version::V1Lazy)
+                    .authenticate(noise)
+                    .multiplex(yamux::Config::default())
+                    .timeout(HANDSHAKE_TIMEOUT))
             })
             .map_err(|e| NetError::Config(format!("transport: {e}")))?
             .with_behaviour(|_| behaviour)
@@ -269,6 +287,9 @@ impl EventLoop {
             duplicates: Vec::new(),
             last_alive: HashMap::new(),
             static_peers,
+            learned: peers::Table::new(local_peer_id),
+            inbound_per_peer: HashMap::new(),
+            connected_tx,
             blocked: HashSet::new(),
             max_message: config.max_message,
             max_gossip: config.max_gossip,
@@ -331,6 +352,11 @@ impl EventLoop {
                 let _ = reply.send(self.swarm.listeners().cloned().collect());
             }
             Command::Dial { addr, reply } => self.handle_dial_command(addr, reply),
+            Command::LearnAddrs { peer, addrs } => {
+                if !self.blocked.contains(&peer) {
+                    self.learn(peer, &addrs, Source::Peer);
+                }
+            }
             Command::Block {
                 peer,
                 blocked,
@@ -479,6 +505,25 @@ impl EventLoop {
                 sp.backoff = REDIAL_MIN;
                 sp.next_attempt = now;
             }
+            self.learned.redial_now(&peer, now);
+        }
+    }
+
+    /// Records addresses a peer gave for itself (checked and capped by the table) and tells
+    /// the swarm about the new ones, so a request to that peer can dial them too.
+    fn learn(&mut self, peer: PeerId, addrs: &[Multiaddr], source: Source) {
+        let learned = self.learned.learn(peer, addrs, source, Instant::now());
+        if learned.refused > 0 {
+            trace!(%peer, refused = learned.refused, "unusable peer addresses ignored");
+        }
+        let news = !learned.new_addrs.is_empty();
+        for addr in learned.new_addrs {
+            debug!(%peer, %addr, ?source, "learned peer address");
+            self.swarm.add_peer_address(peer, addr);
+        }
+        if news && source == Source::Peer {
+            // Dial now rather than on the next tick (if due: the smaller id first).
+            self.dial_learned_peers(Instant::now());
         }
     }
 
@@ -523,6 +568,12 @@ impl EventLoop {
             warn!(%peer, "too many requests awaiting the node's answer; refusing one");
             return; // dropping `channel` makes the requester fail
         }
+        let per_peer = self.inbound_per_peer.entry(peer).or_default();
+        if *per_peer >= MAX_INBOUND_PER_PEER {
+            warn!(%peer, max = MAX_INBOUND_PER_PEER, "too many unanswered requests from this peer; refusing one");
+            return;
+        }
+        *per_peer += 1;
         let (reply, answer) = oneshot::channel();
         let timeout = self.request_timeout;
         self.inbound.push(Box::pin(async move {
@@ -543,6 +594,12 @@ impl EventLoop {
         &mut self,
         (peer, answer, channel): (PeerId, Option<Vec<u8>>, ResponseChannel<Vec<u8>>),
     ) {
+        if let Some(n) = self.inbound_per_peer.get_mut(&peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.inbound_per_peer.remove(&peer);
+            }
+        }
         match answer {
             Some(body) if body.len() > self.max_message => warn!(
                 %peer,
@@ -572,6 +629,41 @@ impl EventLoop {
         self.close_due_duplicates(now);
         self.close_stalled(now);
         self.redial_static_peers(now);
+        self.dial_learned_peers(now);
+    }
+
+    /// Dials learned peers we are not connected to, while fewer than `MAX_MESH_PEERS` are,
+    /// and forgets the ones gone for long.
+    fn dial_learned_peers(&mut self, now: Instant) {
+        for gone in self.learned.expire(now) {
+            debug!(peer = %gone, "forgot a learned peer not heard of for long");
+        }
+        let room = MAX_MESH_PEERS.saturating_sub(self.connections.len());
+        let blocked = &self.blocked;
+        let swarm = &self.swarm;
+        let due = self
+            .learned
+            .due(now, room, |p| blocked.contains(p) || swarm.is_connected(p));
+        for (peer, addrs) in due {
+            let opts = DialOpts::peer_id(peer)
+                .addresses(addrs)
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            let connection_id = opts.connection_id();
+            match self.swarm.dial(opts) {
+                Ok(()) => {
+                    debug!(%peer, connection = %connection_id, "dialing learned peer");
+                    self.learned.dial_started(&peer, connection_id, now);
+                }
+                Err(DialError::DialPeerConditionFalse(_)) => {
+                    // Another dial to that peer is under way; it reports back as usual.
+                }
+                Err(e) => {
+                    debug!(%peer, error = %e, "cannot dial learned peer");
+                    self.learned.dial_failed(None, Some(&peer), now);
+                }
+            }
+        }
     }
 
     fn close_stalled(&mut self, now: Instant) {
@@ -697,6 +789,10 @@ impl EventLoop {
                     {
                         sp.disconnected(now);
                     }
+                    self.learned.disconnected(&peer_id, now);
+                    self.connected_tx.send_modify(|c| {
+                        c.remove(&peer_id);
+                    });
                     self.emit(Event::Disconnected(peer_id));
                 } else {
                     debug!(peer = %peer_id, connection = %connection_id, %cause, "connection closed; others remain");
@@ -721,6 +817,9 @@ impl EventLoop {
                 {
                     sp.dial_failed(now);
                     debug!(address = %sp.addr, %error, retry_in = ?sp.next_attempt - now, "static peer dial failed");
+                } else if self.learned.is_our_dial(connection_id) {
+                    self.learned.dial_failed(Some(connection_id), None, now);
+                    debug!(peer = ?peer_id, %error, "learned peer dial failed");
                 } else {
                     debug!(peer = ?peer_id, %error, "dial failed");
                 }
@@ -769,6 +868,12 @@ impl EventLoop {
             }
         }
         self.last_alive.insert(connection_id, (peer, now));
+        if num_established == 1 {
+            self.learned.connected(&peer, now);
+            self.connected_tx.send_modify(|c| {
+                c.insert(peer);
+            });
+        }
         let dialer = endpoint.is_dialer();
         self.connections
             .entry(peer)
@@ -842,44 +947,37 @@ impl EventLoop {
                 }
             },
             BehaviourEvent::Identify(event) => match event {
-                identify::Event::Received { peer_id, info, .. } => debug!(
-                    peer = %peer_id,
-                    agent = %info.agent_version,
-                    protocol = %info.protocol_version,
-                    "identified peer"
-                ),
+                identify::Event::Received { peer_id, info, .. } => {
+                    debug!(
+                        peer = %peer_id,
+                        agent = %info.agent_version,
+                        protocol = %info.protocol_version,
+                        "identified peer"
+                    );
+                    // Signed by the peer's own key over the connection: its listen addresses,
+                    // kept to redial it (e.g. when it dialed us and we only saw a source port).
+                    if info.protocol_version == super::IDENTIFY_PROTOCOL {
+                        self.learn(peer_id, &info.listen_addrs, Source::Peer);
+                    }
+                }
                 other => trace!(?other, "identify"),
             },
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 let mut by_peer: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
                 for (peer, addr) in found {
-                    if peer != self.local_peer_id && !self.blocked.contains(&peer) {
+                    // Loopback addresses in an mDNS answer are the remote host's own loopback.
+                    if peer != self.local_peer_id
+                        && !self.blocked.contains(&peer)
+                        && !peers::is_loopback(&addr)
+                    {
                         by_peer.entry(peer).or_default().push(addr);
                     }
                 }
                 for (peer, addrs) in by_peer {
-                    for addr in &addrs {
-                        self.swarm.add_peer_address(peer, addr.clone());
-                        // Kept like a --peer address, so a connection that drops (a healed
-                        // partition, a restarted node) is redialled without waiting for the
-                        // record to expire and be discovered anew.
-                        let loopback = addr.iter().any(|p| {
-                            matches!(p, libp2p::multiaddr::Protocol::Ip4(ip) if ip.is_loopback())
-                                || matches!(p, libp2p::multiaddr::Protocol::Ip6(ip) if ip.is_loopback())
-                        });
-                        let known = self
-                            .static_peers
-                            .iter()
-                            .any(|sp| sp.peer == Some(peer) && sp.addr == *addr);
-                        if !loopback && !known {
-                            let mut sp = StaticPeer::new(addr, Instant::now());
-                            sp.peer = Some(peer);
-                            sp.from_mdns = true;
-                            // The dial below covers the first attempt.
-                            sp.next_attempt = Instant::now() + REDIAL_MAX;
-                            self.static_peers.push(sp);
-                        }
-                    }
+                    // Kept in the learned-peer table (bounded; until the record expires), so
+                    // a connection that drops (a healed partition, a restarted node) is
+                    // redialled without waiting for the record to be discovered anew.
+                    self.learn(peer, &addrs, Source::Mdns);
                     if self.swarm.is_connected(&peer) {
                         continue;
                     }
@@ -888,16 +986,19 @@ impl EventLoop {
                         .addresses(addrs)
                         .condition(PeerCondition::DisconnectedAndNotDialing)
                         .build();
-                    if let Err(error) = self.swarm.dial(opts) {
-                        debug!(%peer, %error, "not dialing mDNS peer");
+                    let connection_id = opts.connection_id();
+                    match self.swarm.dial(opts) {
+                        Ok(()) => self
+                            .learned
+                            .dial_started(&peer, connection_id, Instant::now()),
+                        Err(error) => debug!(%peer, %error, "not dialing mDNS peer"),
                     }
                 }
             }
             BehaviourEvent::Mdns(mdns::Event::Expired(expired)) => {
                 debug!(?expired, "mDNS records expired");
                 for (peer, addr) in expired {
-                    self.static_peers
-                        .retain(|sp| !(sp.from_mdns && sp.peer == Some(peer) && sp.addr == addr));
+                    self.learned.mdns_expired(&peer, &addr);
                 }
             }
         }
@@ -985,10 +1086,7 @@ impl EventLoop {
 
 fn outbound_error(peer: PeerId, error: OutboundFailure) -> NetError {
     match error {
-        OutboundFailure::DialFailure => NetError::Dial {
-            target: peer.to_string(),
-            reason: "no connection and no reachable known address".into(),
-        },
+        OutboundFailure::DialFailure => NetError::Unreachable { peer },
         OutboundFailure::Timeout => NetError::Timeout { peer },
         OutboundFailure::ConnectionClosed => NetError::ConnectionClosed { peer },
         OutboundFailure::UnsupportedProtocols => NetError::Unsupported { peer },

@@ -29,17 +29,61 @@
 //! - At most one connection per pair of peers is kept: when two exist (simultaneous dials),
 //!   both ends close the one dialed by the larger `PeerId` after a short grace period, so they
 //!   agree without talking and neither end is left without a connection in between.
+//! - Peer exchange ([`peers`]): every node keeps a direct connection to every member it has
+//!   an address for, up to [`MAX_MESH_PEERS`]. Addresses come from a peer's own signed gossip
+//!   announcement (the node hands them over with [`Client::learn_addrs`]; in a star the
+//!   leaves only hear of each other through the hub's relayed gossip), from identify on a
+//!   connection, and from mDNS. They are checked where they enter (plain TCP addresses of
+//!   that peer only, a few per peer, a bounded table with expiry) and redialed with the same
+//!   backoff as `--peer` addresses. A mesh joined through one bootstrap address, or through a
+//!   chain, becomes fully connected, so losing the bootstrap node splits nothing.
+//! - Requests that fail with their connection (a duplicate connection closed under them, a
+//!   peer restarting, a dial that raced another) are sent again on the next connection,
+//!   boundedly ([`Retry`], [`RETRY_PAUSES`], within the request timeout); the caller says per
+//!   request whether a second copy is safe.
+//! - Bounds: connection limits (per peer, inbound, in all, handshakes under way), at most
+//!   [`MAX_INBOUND_PER_PEER`] unanswered requests per peer, and every table a peer can grow
+//!   (learned peers, mDNS peers) capped and expiring.
+//! - Private mesh ([`psk`]): with a key, TCP runs behind libp2p `pnet` (XSalsa20 with the
+//!   pre-shared key) under noise, so a node without the key cannot even start a handshake.
+//!
+//! # Above the bound (more than `MAX_MESH_PEERS` nodes)
+//!
+//! A full mesh costs every node one connection (and one ping per second) per member, so past
+//! 64 members it stops growing: learned peers are no longer dialed, `--peer` addresses still
+//! are, and inbound connections are accepted up to the connection limits. What keeps working:
+//! gossip (gossipsub only needs a connected graph; it keeps ~6-12 mesh links per node and
+//! relays). What breaks first: the controller sends `Assign`, `Replicate` and results
+//! requests straight to each worker, so it must reach every one of them. The way to grow:
+//!
+//! 1. **Find any peer by id without a standing connection** — a Kademlia DHT
+//!    (`libp2p-kad`, the same one IPFS uses) over the members, so the controller dials a
+//!    worker on demand from its id and drops idle connections (LRU below the bound) instead
+//!    of holding all of them.
+//! 2. **Reach workers it cannot dial** (NAT, a one-way firewall) through a relayed stream:
+//!    `libp2p-relay` circuits through a member both can reach, upgraded to a direct
+//!    connection with DCUtR hole punching where possible.
+//! 3. **Keep the controller's fan-out bounded**: beyond a few hundred workers, replication
+//!    becomes a tree (followers forward batches to a few others) rather than a star from the
+//!    controller.
+//!
+//! None of this is needed at the sizes bx3 runs today (the bench measures 10 nodes); the
+//! bound exists so that a large or hostile mesh degrades to "gossip works, direct requests
+//! dial on demand" instead of exhausting file descriptors.
 
 mod behaviour;
 pub mod codec;
 mod event_loop;
+mod peers;
+pub mod psk;
 #[cfg(test)]
 mod tests;
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
+pub use libp2p::pnet::PreSharedKey;
 use libp2p::{identity::Keypair, Multiaddr, PeerId};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 /// The gossipsub topic every node subscribes to (the version lives in the name).
@@ -59,6 +103,35 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub const REDIAL_MIN: Duration = Duration::from_millis(500);
 /// Largest redial delay for a disconnected static peer.
 pub const REDIAL_MAX: Duration = Duration::from_secs(5);
+
+/// Peers this node keeps a direct connection to through peer exchange. Past it, learned
+/// peers are not dialed (`--peer` addresses still are, and inbound connections are accepted
+/// up to the connection limits); see "Above the bound" in the module docs.
+pub const MAX_MESH_PEERS: usize = 64;
+/// Peers the learned-address table holds (connected or not); a full table forgets the
+/// disconnected peer heard of least recently.
+pub const MAX_LEARNED_PEERS: usize = 4 * MAX_MESH_PEERS;
+/// Addresses kept per learned peer (newest first); what a peer announces past it is ignored.
+pub const MAX_ADDRS_PER_PEER: usize = 8;
+/// Connection limits (libp2p `connection-limits`). Two per peer leaves room for the moment
+/// two nodes that dialed each other hold two connections, before one is closed.
+pub const MAX_CONNECTIONS_PER_PEER: u32 = 2;
+/// Established connections in all; inbound ones; handshakes under way in each direction.
+pub const MAX_CONNECTIONS: u32 = 2 * MAX_MESH_PEERS as u32;
+pub const MAX_INCOMING: u32 = MAX_MESH_PEERS as u32 + 32;
+pub const MAX_PENDING_INCOMING: u32 = 32;
+pub const MAX_PENDING_OUTGOING: u32 = MAX_MESH_PEERS as u32;
+/// Inbound requests from one peer handed to the node and not answered yet; more from that
+/// peer are refused (the global cap is 256), so one peer cannot take every slot. Below the
+/// 64 streams a connection carries, so the cap is ours and not the muxer's.
+pub const MAX_INBOUND_PER_PEER: usize = 48;
+/// Retries of a request that failed on the way (see [`Retry`]), and their pauses.
+pub const RETRY_PAUSES: [Duration; 4] = [
+    Duration::from_millis(100),
+    Duration::from_millis(250),
+    Duration::from_millis(500),
+    Duration::from_millis(1000),
+];
 
 /// Capacity of the [`Client`] command channel.
 const COMMAND_CAPACITY: usize = 256;
@@ -84,6 +157,9 @@ pub struct Config {
     pub max_gossip: usize,
     /// Request timeout (sending the request to receiving the response).
     pub request_timeout: Duration,
+    /// Private mesh: the transport runs behind libp2p `pnet` with this key, so only nodes
+    /// holding it complete a connection. `None`: an open mesh.
+    pub psk: Option<PreSharedKey>,
 }
 
 impl Config {
@@ -100,6 +176,7 @@ impl Config {
             max_message: DEFAULT_MAX_MESSAGE,
             max_gossip: DEFAULT_MAX_GOSSIP,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            psk: None,
         }
     }
 
@@ -176,6 +253,10 @@ pub enum NetError {
     Listen { addr: Multiaddr, reason: String },
     #[error("dialing {target} failed: {reason}")]
     Dial { target: String, reason: String },
+    /// A request could not be sent: no connection, and dialing the peer failed (it may be
+    /// down, or a dial raced with another connection being set up).
+    #[error("dialing {peer} failed: no connection and no reachable known address")]
+    Unreachable { peer: PeerId },
     #[error("dialing {addr} timed out")]
     DialTimeout { addr: Multiaddr },
     #[error("request to {peer} timed out")]
@@ -202,6 +283,55 @@ pub enum NetError {
     Publish(String),
     #[error("network actor overloaded: {0}")]
     Overloaded(&'static str),
+}
+
+impl NetError {
+    /// The request certainly never reached the peer's node: sending it again cannot make it
+    /// run twice.
+    pub fn not_sent(&self) -> bool {
+        matches!(self, NetError::Unreachable { .. })
+    }
+
+    /// The request failed with its connection (closed while the request was out: a duplicate
+    /// connection closed, the peer restarting) or before one existed; it may or may not have
+    /// reached the peer's node.
+    pub fn connection_lost(&self) -> bool {
+        match self {
+            NetError::Unreachable { .. } | NetError::ConnectionClosed { .. } => true,
+            NetError::Io { source, .. } => matches!(
+                source.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// What to do with a request that failed on the way (not one the peer answered, refused or
+/// let time out). Retries are bounded by [`RETRY_PAUSES`] and by the request timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Never send again.
+    Never,
+    /// Send again only when it certainly did not reach the peer (no connection could be
+    /// made). For requests that must not run twice and are not deduplicated by the receiver.
+    IfNotSent,
+    /// Also send again on the next connection when the connection closed while the request
+    /// was out. For requests that are safe to receive twice (reads, fetches by hash,
+    /// election messages, replication, results).
+    OnChurn,
+}
+
+impl Retry {
+    fn allows(self, e: &NetError) -> bool {
+        match self {
+            Retry::Never => false,
+            Retry::IfNotSent => e.not_sent(),
+            Retry::OnChurn => e.connection_lost(),
+        }
+    }
 }
 
 /// Decides whether a gossip message is accepted (delivered and forwarded) or rejected (never
@@ -236,6 +366,11 @@ enum Command {
         blocked: bool,
         reply: oneshot::Sender<()>,
     },
+    /// Addresses a peer gave for itself (its gossip announcement); no reply.
+    LearnAddrs {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+    },
 }
 
 /// Cloneable handle to the network actor.
@@ -244,6 +379,11 @@ pub struct Client {
     commands: mpsc::Sender<Command>,
     local_peer_id: PeerId,
     request_timeout: Duration,
+    /// Peers with an established connection, kept up to date by the event loop (read
+    /// without a round trip, e.g. for `status`).
+    connected: watch::Receiver<HashSet<PeerId>>,
+    /// Whether the transport runs behind a mesh key.
+    private: bool,
 }
 
 impl Client {
@@ -258,8 +398,72 @@ impl Client {
         self.call(|reply| Command::Publish { data, reply }).await?
     }
 
-    /// Sends a request to `peer` (dialing it if needed) and waits for the response.
+    /// Whether a connection to `peer` is established now.
+    pub fn is_connected(&self, peer: &PeerId) -> bool {
+        self.connected.borrow().contains(peer)
+    }
+
+    /// Whether this node runs a private mesh (`--mesh-key`).
+    pub fn is_private(&self) -> bool {
+        self.private
+    }
+
+    /// Hands the network addresses that `peer` gave for itself (its signed gossip
+    /// announcement), so it can be dialed directly. The network layer checks them (see
+    /// `peers`). Never waits: when the actor is busy the call is dropped (announcements
+    /// repeat every second).
+    pub fn learn_addrs(&self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        if addrs.is_empty() || peer == self.local_peer_id {
+            return;
+        }
+        let mut addrs = addrs;
+        addrs.truncate(MAX_ADDRS_PER_PEER * 2);
+        let _ = self.commands.try_send(Command::LearnAddrs { peer, addrs });
+    }
+
+    /// Sends a request to `peer` (dialing it if needed) and waits for the response. A request
+    /// that fails with its connection is sent again on the next one ([`Retry::OnChurn`]):
+    /// use [`Client::request_with`] for a request that must not arrive twice.
     pub async fn request(&self, peer: PeerId, data: Vec<u8>) -> Result<Vec<u8>, NetError> {
+        self.request_with(peer, data, Retry::OnChurn).await
+    }
+
+    /// [`Client::request`] with an explicit retry policy. At most `RETRY_PAUSES.len()`
+    /// retries, each after its pause, and none once the request timeout has passed since the
+    /// first try.
+    pub async fn request_with(
+        &self,
+        peer: PeerId,
+        data: Vec<u8>,
+        retry: Retry,
+    ) -> Result<Vec<u8>, NetError> {
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        let mut data = data;
+        let mut tries = 0usize;
+        loop {
+            let last = retry == Retry::Never || tries >= RETRY_PAUSES.len();
+            // Keep a copy only while another try may follow.
+            let send = if last {
+                std::mem::take(&mut data)
+            } else {
+                data.clone()
+            };
+            match self.request_once(peer, send).await {
+                Err(e) if !last && retry.allows(&e) => {
+                    let pause = RETRY_PAUSES[tries];
+                    if tokio::time::Instant::now() + pause >= deadline {
+                        return Err(e);
+                    }
+                    tracing::debug!(%peer, try_ = tries + 1, ?pause, "request failed on the way ({e}); sending it again");
+                    tokio::time::sleep(pause).await;
+                    tries += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn request_once(&self, peer: PeerId, data: Vec<u8>) -> Result<Vec<u8>, NetError> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Request { peer, data, reply }).await?;
         match tokio::time::timeout(self.request_timeout + CLIENT_GRACE, rx).await {
@@ -337,12 +541,22 @@ pub fn start(
     let runtime = tokio::runtime::Handle::try_current().map_err(|_| NetError::NoRuntime)?;
     config.validate()?;
     let (commands_tx, commands_rx) = mpsc::channel(COMMAND_CAPACITY);
+    let (connected_tx, connected_rx) = watch::channel(HashSet::new());
     let client = Client {
         commands: commands_tx,
         local_peer_id: config.keypair.public().to_peer_id(),
         request_timeout: config.request_timeout,
+        connected: connected_rx,
+        private: config.psk.is_some(),
     };
-    let event_loop = event_loop::EventLoop::new(config, validator, commands_rx, events, shutdown)?;
+    let event_loop = event_loop::EventLoop::new(
+        config,
+        validator,
+        commands_rx,
+        events,
+        connected_tx,
+        shutdown,
+    )?;
     let handle = runtime.spawn(event_loop.run());
     Ok((client, handle))
 }

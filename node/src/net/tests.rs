@@ -399,7 +399,7 @@ async fn request_response_limits_and_failures() {
         )
         .await
         .unwrap_err();
-    assert!(matches!(err, NetError::Dial { .. }), "{err}");
+    assert!(matches!(err, NetError::Unreachable { .. }), "{err}");
 
     a_shutdown.cancel();
     d_shutdown.cancel();
@@ -711,4 +711,288 @@ async fn invalid_config_is_refused() {
     };
     let err = start(config, accept_all(), tx, CancellationToken::new()).unwrap_err();
     assert!(matches!(err, NetError::Config(_)), "{err}");
+}
+
+/// Peer exchange: B, C and D name only A (a star). Each announces its own address by gossip
+/// (as the node's `Announce` does) and whoever receives one hands it to `learn_addrs`: the
+/// leaves connect to each other directly, and stopping the hub leaves them connected.
+/// Addresses that are not the announcer's own usable ones are never dialed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn star_leaves_learn_each_other_and_outlive_the_hub() {
+    init_tracing();
+    let started = Instant::now();
+    let hub = TestNode::start(
+        test_config(Keypair::generate_ed25519(), 0, vec![]),
+        accept_all(),
+    )
+    .await;
+    let mut leaves = Vec::new();
+    for _ in 0..3 {
+        leaves.push(
+            TestNode::start(
+                test_config(Keypair::generate_ed25519(), 0, vec![hub.addr.clone()]),
+                accept_all(),
+            )
+            .await,
+        );
+    }
+    let ids: Vec<PeerId> = leaves.iter().map(|l| l.peer_id).collect();
+    // What the node's Announce handler does: the signed author's own addresses.
+    let mut relays = Vec::new();
+    for leaf in leaves.iter_mut() {
+        let (tx, rx) = mpsc::channel(1024);
+        let mut events = std::mem::replace(&mut leaf.events, rx);
+        let client = leaf.client.clone();
+        relays.push(tokio::spawn(async move {
+            while let Some(e) = events.recv().await {
+                if let Event::Gossip { from, data } = &e {
+                    if let Some(addr) = std::str::from_utf8(data)
+                        .ok()
+                        .and_then(|s| s.parse::<Multiaddr>().ok())
+                    {
+                        // Junk beside the real address: unspecified, another transport, and
+                        // our own id.
+                        client
+                            .learn_addrs(*from, vec!["/ip4/0.0.0.0/tcp/9".parse().unwrap(), addr]);
+                        client.learn_addrs(
+                            client.local_peer_id(),
+                            vec!["/ip4/127.0.0.1/tcp/9".parse().unwrap()],
+                        );
+                    }
+                }
+                if tx.send(e).await.is_err() {
+                    break;
+                }
+            }
+        }));
+    }
+
+    info!("--- leaves announce themselves until each is connected to the other two");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        for leaf in &leaves {
+            let own = leaf.addr.iter().take(2).collect::<Multiaddr>();
+            leaf.client
+                .publish(own.to_string().into_bytes())
+                .await
+                .unwrap();
+        }
+        let mut full = true;
+        for leaf in &leaves {
+            for other in &ids {
+                full &= *other == leaf.peer_id || leaf.client.is_connected(other);
+            }
+        }
+        if full {
+            break;
+        }
+        assert!(Instant::now() < deadline, "leaves never connected directly");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    info!(elapsed = ?started.elapsed(), "star fully connected");
+
+    info!("--- stop the hub: the leaves stay connected to each other");
+    let hub_id = hub.peer_id;
+    hub.stop().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for leaf in &leaves {
+        assert!(!leaf.client.is_connected(&hub_id));
+        let mut peers = leaf.client.peers().await.unwrap();
+        peers.sort();
+        let mut want: Vec<PeerId> = ids.iter().copied().filter(|p| *p != leaf.peer_id).collect();
+        want.sort();
+        assert_eq!(peers, want, "a leaf keeps both other leaves");
+    }
+    for leaf in leaves {
+        leaf.stop().await;
+    }
+    for r in relays {
+        r.abort();
+    }
+}
+
+/// A private mesh: nodes holding the same key connect and talk; a node without a key, or
+/// with another key, never completes a connection to them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_holders_of_the_mesh_key_connect() {
+    init_tracing();
+    let key = PreSharedKey::new([7; 32]);
+    let keyed = |peers| Config {
+        psk: Some(key),
+        ..test_config(Keypair::generate_ed25519(), 0, peers)
+    };
+    let a = TestNode::start(keyed(vec![]), accept_all()).await;
+    let mut b = TestNode::start(keyed(vec![a.addr.clone()]), accept_all()).await;
+    b.wait_connected(a.peer_id).await;
+    assert!(a.client.is_private() && b.client.is_private());
+    let TestNode {
+        events: a_events,
+        client: a_client,
+        shutdown: a_shutdown,
+        handle: a_handle,
+        peer_id: a_id,
+        addr: a_addr,
+        ..
+    } = a;
+    let echo = spawn_echo(a_events);
+    assert_eq!(
+        b.client.request(a_id, b"hello".to_vec()).await.unwrap(),
+        b"hello"
+    );
+
+    for (what, psk) in [
+        ("no key", None),
+        ("another key", Some(PreSharedKey::new([8; 32]))),
+    ] {
+        info!("--- a node with {what}");
+        let c = TestNode::start(
+            Config {
+                psk,
+                ..test_config(Keypair::generate_ed25519(), 0, vec![a_addr.clone()])
+            },
+            accept_all(),
+        )
+        .await;
+        assert!(c.client.dial(a_addr.clone()).await.is_err(), "{what}: dial");
+        assert!(
+            c.client.request(a_id, b"let me in".to_vec()).await.is_err(),
+            "{what}: request"
+        );
+        // And the other way round: the keyed node cannot reach it either.
+        assert!(
+            b.client.dial(c.addr.clone()).await.is_err(),
+            "{what}: dial back"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(c.client.peers().await.unwrap().is_empty(), "{what}");
+        assert!(!a_client.is_connected(&c.peer_id), "{what}");
+        c.stop().await;
+    }
+    a_shutdown.cancel();
+    timeout(WAIT, a_handle).await.unwrap().unwrap();
+    timeout(WAIT, echo).await.unwrap().unwrap();
+    b.stop().await;
+}
+
+/// A request sent while its peer restarts (no connection, the dial fails) is sent again once
+/// the peer is back, within the retry bound; with `Retry::Never` it fails at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_survives_the_peer_restarting() {
+    init_tracing();
+    let a_key = Keypair::generate_ed25519();
+    let a = TestNode::start(test_config(a_key.clone(), 0, vec![]), accept_all()).await;
+    let (a_id, a_port) = (a.peer_id, a.port);
+    let mut b = TestNode::start(
+        test_config(Keypair::generate_ed25519(), 0, vec![a.addr.clone()]),
+        accept_all(),
+    )
+    .await;
+    b.wait_connected(a_id).await;
+    a.stop().await;
+    b.wait_disconnected(a_id).await;
+
+    let err = b
+        .client
+        .request_with(a_id, b"now".to_vec(), Retry::Never)
+        .await
+        .unwrap_err();
+    assert!(err.not_sent() && err.connection_lost(), "{err}");
+
+    info!("--- request while A is down; A comes back 400 ms later");
+    let client = b.client.clone();
+    let pending = tokio::spawn(async move { client.request(a_id, b"later".to_vec()).await });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let a = TestNode::start(test_config(a_key, a_port, vec![]), accept_all()).await;
+    let TestNode {
+        events: a_events,
+        shutdown: a_shutdown,
+        handle: a_handle,
+        ..
+    } = a;
+    let echo = spawn_echo(a_events);
+    let answer = timeout(WAIT, pending).await.unwrap().unwrap();
+    assert_eq!(answer.unwrap(), b"later", "sent again once A was back");
+    a_shutdown.cancel();
+    timeout(WAIT, a_handle).await.unwrap().unwrap();
+    timeout(WAIT, echo).await.unwrap().unwrap();
+    b.stop().await;
+}
+
+/// One peer cannot hold every inbound slot: past `MAX_INBOUND_PER_PEER` unanswered requests
+/// its next ones are refused at once, while another peer is still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_requests_are_capped_per_peer() {
+    init_tracing();
+    let a = TestNode::start(
+        test_config(Keypair::generate_ed25519(), 0, vec![]),
+        accept_all(),
+    )
+    .await;
+    let mut b = TestNode::start(
+        test_config(Keypair::generate_ed25519(), 0, vec![a.addr.clone()]),
+        accept_all(),
+    )
+    .await;
+    let mut c = TestNode::start(
+        test_config(Keypair::generate_ed25519(), 0, vec![a.addr.clone()]),
+        accept_all(),
+    )
+    .await;
+    b.wait_connected(a.peer_id).await;
+    c.wait_connected(a.peer_id).await;
+    let TestNode {
+        events: mut a_events,
+        shutdown: a_shutdown,
+        handle: a_handle,
+        peer_id: a_id,
+        ..
+    } = a;
+    // A holds B's requests unanswered and answers C's.
+    let b_id = b.peer_id;
+    let held = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Some(e) = a_events.recv().await {
+            if let Event::Request { from, data, reply } = e {
+                if from == b_id {
+                    held.push(reply);
+                } else {
+                    let _ = reply.send(data);
+                }
+            }
+        }
+        held.len()
+    });
+    let over = 8;
+    let mut calls = JoinSet::new();
+    for i in 0..MAX_INBOUND_PER_PEER + over {
+        let client = b.client.clone();
+        calls.spawn(async move {
+            client
+                .request_with(a_id, format!("{i}").into_bytes(), Retry::Never)
+                .await
+        });
+    }
+    info!("--- the requests over the cap fail at once");
+    let mut refused = 0;
+    while refused < over {
+        let r = timeout(WAIT, calls.join_next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let err = r.unwrap_err();
+        assert!(matches!(err, NetError::NoResponse { .. }), "{err}");
+        refused += 1;
+    }
+    info!("--- C is still served");
+    assert_eq!(c.client.request(a_id, b"c".to_vec()).await.unwrap(), b"c");
+    calls.abort_all();
+    a_shutdown.cancel();
+    timeout(WAIT, a_handle).await.unwrap().unwrap();
+    assert_eq!(
+        timeout(WAIT, held).await.unwrap().unwrap(),
+        MAX_INBOUND_PER_PEER
+    );
+    b.stop().await;
+    c.stop().await;
 }

@@ -86,6 +86,8 @@ async fn from_peer(
                         .put(&bytes.0)
                         .map_err(|e| format!("cannot store module {h}: {e}"))?;
                     std::thread::spawn(move || {
+                        // Compiling is CPU-heavy; the control plane comes first.
+                        let _ = crate::executor::lower_thread_priority();
                         if let Err(e) =
                             crate::executor::runtime::Runtime::new(modules.compiled_dir())
                                 .and_then(|mut rt| rt.prepare(&h, &bytes.0))

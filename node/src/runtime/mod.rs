@@ -24,7 +24,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bx3_protocol::api::{DagSummary, DagView, ExecutorLimit, StatusView};
+use bx3_protocol::api::{DagSummary, DagView, StatusView};
 use bx3_protocol::ids::{DagId, NodeId};
 use bx3_protocol::mesh::{self, Refusal, Request, Response};
 use libp2p::PeerId;
@@ -232,9 +232,20 @@ fn capacity(c: &sizing::Capacity) -> cluster::Capacity {
     cluster::Capacity {
         executors: c.executors,
         available_ram_mb: c.available_ram_mb,
-        ram_slots: 0,
-        cpu_cores: 0,
-        limited_by: None::<ExecutorLimit>,
+        ram_slots: c.ram_slots as u64,
+        cpu_cores: c.cpu_cores as u64,
+        limited_by: Some(c.limited_by),
+    }
+}
+
+/// Which requests are sent again when they fail on the way (the connection closed, a dial
+/// raced): every one the receiver takes only once — submissions carry their DAG id, workers
+/// take an attempt once, results and replication merge, reads and fetches change nothing —
+/// except `Cancel`, whose second copy would answer "already finished".
+fn retry_policy(req: &Request) -> net::Retry {
+    match req {
+        Request::Cancel { .. } => net::Retry::IfNotSent,
+        _ => net::Retry::OnChurn,
     }
 }
 
@@ -511,7 +522,16 @@ impl Runtime {
                         let _ = tx.send(reply);
                     }
                 }
-                Output::LearnAddrs { .. } => {}
+                Output::LearnAddrs { node, addrs } => {
+                    // Peer exchange: the addresses a peer gave for itself in its own signed
+                    // announcement; the net layer checks and bounds them.
+                    if let Ok(peer) = node.as_str().parse::<PeerId>() {
+                        self.net.learn_addrs(
+                            peer,
+                            addrs.iter().filter_map(|a| a.parse().ok()).collect(),
+                        );
+                    }
+                }
             }
         }
         Ok(())
@@ -533,9 +553,10 @@ impl Runtime {
             return;
         };
         let net = self.net.clone();
+        let retry = retry_policy(&req);
         self.requests.spawn(async move {
             let answer = match mesh::encode_rpc(&req) {
-                Ok(bytes) => match net.request(peer, bytes).await {
+                Ok(bytes) => match net.request_with(peer, bytes, retry).await {
                     Ok(reply) => mesh::decode_rpc::<Response>(&reply).map_err(|e| e.to_string()),
                     Err(e) => Err(e.to_string()),
                 },

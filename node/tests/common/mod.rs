@@ -468,3 +468,105 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("a free port")
 }
+
+/// Who names whom: the `--peer` list of each node, by index.
+pub type Topology = fn(usize) -> Vec<usize>;
+
+/// Node 0 is the hub; every other node names only it.
+pub fn star(i: usize) -> Vec<usize> {
+    if i == 0 {
+        Vec::new()
+    } else {
+        vec![0]
+    }
+}
+
+/// Node i names node i - 1 only.
+pub fn chain(i: usize) -> Vec<usize> {
+    if i == 0 {
+        Vec::new()
+    } else {
+        vec![i - 1]
+    }
+}
+
+impl Mesh {
+    /// `n` nodes on fixed loopback ports, each naming only the nodes `names(i)` gives, with
+    /// `executors` (`None`: the node's own default sizing) and `extra` flags.
+    pub fn start_topology(
+        n: usize,
+        executors: Option<usize>,
+        names: Topology,
+        extra: &[&str],
+    ) -> Mesh {
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let mut nodes = Vec::new();
+        for (i, port) in ports.iter().enumerate() {
+            let mut args: Vec<String> =
+                vec!["--listen".into(), format!("/ip4/127.0.0.1/tcp/{port}")];
+            if let Some(e) = executors {
+                args.push("--max-executors".into());
+                args.push(e.to_string());
+            }
+            for j in names(i) {
+                args.push("--peer".into());
+                args.push(format!("/ip4/127.0.0.1/tcp/{}", ports[j]));
+            }
+            args.extend(extra.iter().map(|s| s.to_string()));
+            nodes.push(TestNode::start_in(
+                tempfile::tempdir().expect("temp dir"),
+                args,
+            ));
+        }
+        Mesh { nodes }
+    }
+
+    /// Live nodes.
+    pub fn live(&self) -> impl Iterator<Item = &TestNode> {
+        self.nodes.iter().filter(|n| n.child.is_some())
+    }
+
+    /// Waits until every live node has a direct connection to every other live node (and
+    /// sees each with its executors); returns how long that took.
+    pub fn wait_fully_connected(&self, limit: Duration) -> Duration {
+        let start = Instant::now();
+        let ids: Vec<String> = self.live().map(|n| n.status().peer_id).collect();
+        loop {
+            let statuses: Vec<StatusView> = self.live().map(|n| n.status()).collect();
+            let full = statuses.iter().all(|s| {
+                ids.iter().filter(|id| **id != s.peer_id).all(|id| {
+                    s.peers
+                        .iter()
+                        .any(|p| p.peer_id == *id && p.connected && p.executors.total > 0)
+                })
+            });
+            if full {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < limit,
+                "not fully connected within {limit:?}: {:#?}",
+                statuses
+                    .iter()
+                    .map(|s| (
+                        s.peer_id.clone(),
+                        s.peers
+                            .iter()
+                            .map(|p| (p.peer_id.clone(), p.connected))
+                            .collect::<Vec<_>>()
+                    ))
+                    .collect::<Vec<_>>()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Every node's log, killed ones included, concatenated (for log checks and failures).
+    pub fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| n.log())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
