@@ -12,7 +12,8 @@
 //! - [`election`]: sans-IO leader election with terms, tested by a seeded simulator.
 //! - [`net`]: the libp2p event loop (the one task that owns the Swarm) and its client.
 //! - [`mesh`]: typed mesh messages in the versioned wire envelope; membership table.
-//! - [`api`]: the HTTP API (axum) used by the CLI and scripts.
+//! - [`api`]: the HTTP API (axum) used by the CLI, scripts and the dashboard (`GET /`).
+//! - [`metrics`]: the node's Prometheus registry (`GET /metrics`) and its cloneable handle.
 //! - [`client`]: the CLI's side of that API (`submit`, `dag`, `dags`, `cancel`, `status`).
 
 pub mod api;
@@ -22,6 +23,7 @@ pub mod controller;
 pub mod election;
 pub mod executor;
 pub mod mesh;
+pub mod metrics;
 pub mod net;
 pub mod node;
 pub mod store;

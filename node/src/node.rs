@@ -22,6 +22,7 @@ use crate::controller::{self, Actor};
 use crate::election;
 use crate::executor::{self, Pool, PoolConfig};
 use crate::mesh;
+use crate::metrics::Metrics;
 use crate::net;
 use crate::store::{ModuleStore, Store, StoreError};
 use bx3_protocol::wire;
@@ -162,6 +163,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
         max_executors: config.max_executors,
     };
 
+    let metrics = Metrics::new();
     let mut tasks = JoinSet::new();
     let (done_tx, done_rx) = mpsc::channel(4096);
     let exe = std::env::current_exe().map_err(NodeError::Exe)?;
@@ -169,6 +171,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
         PoolConfig {
             exe,
             data_dir: dir.clone(),
+            metrics: metrics.clone(),
         },
         sizer,
         done_tx,
@@ -198,6 +201,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
             max_message: wire::MAX_RPC,
             max_gossip: wire::MAX_GOSSIP,
             request_timeout: std::time::Duration::from_secs(30),
+            metrics: metrics.clone(),
         },
         validator,
         net_tx,
@@ -220,6 +224,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
         net_events: net_rx,
         election: election::Params::default(),
         shutdown: shutdown.clone(),
+        metrics: metrics.clone(),
     })?;
     {
         let shutdown = shutdown.clone();
@@ -249,6 +254,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
         modules,
         compiled_dir,
         compile_slots: Arc::new(Semaphore::new(2)),
+        metrics,
     };
     {
         let shutdown = shutdown.clone();

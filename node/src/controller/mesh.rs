@@ -483,13 +483,28 @@ impl Actor {
                 tasks,
                 after,
                 wait_ms,
+                page,
             } => {
                 // Served through our own command path, so a long poll waits beside the
                 // actor instead of inside it.
                 let handle = self.self_handle.clone();
                 tokio::spawn(async move {
                     let wait = std::time::Duration::from_millis(wait_ms);
-                    let resp = match handle.get_after(id, tasks, after, wait).await {
+                    // hook(dash): the page query is checked here too (it came from a peer).
+                    let page = match page.map(bx3_protocol::api::TaskQuery::checked).transpose() {
+                        Ok(p) => p,
+                        Err(e) => {
+                            respond(
+                                reply,
+                                &Response::Error {
+                                    status: 400,
+                                    message: e,
+                                },
+                            );
+                            return;
+                        }
+                    };
+                    let resp = match handle.get_page(id, tasks, page, after, wait).await {
                         Ok(v) => Response::Dag(Box::new(v)),
                         Err(e) => Response::Error {
                             status: e.status(),
@@ -694,6 +709,7 @@ impl Actor {
                     tasks,
                     after,
                     wait,
+                    page,
                     reply,
                 } => {
                     // Below the request timeout, so a long poll ends with an answer.
@@ -707,6 +723,7 @@ impl Actor {
                             tasks,
                             after,
                             wait_ms,
+                            page: page.clone(),
                         },
                     )
                     .await
@@ -726,7 +743,7 @@ impl Actor {
                                 }
                             ) =>
                         {
-                            local_view(&store, id, tasks).map_err(|_| e)
+                            local_page_view(&store, id, tasks, page.as_ref()).map_err(|_| e)
                         }
                         r => r,
                     };
@@ -818,19 +835,23 @@ impl Actor {
 }
 
 /// A DAG as this node's own store has it (a follower's replica).
-pub(super) fn local_view(
+// hook(dash): was `local_view`; `page` selects a page of tasks.
+pub(super) fn local_page_view(
     store: &crate::store::Store,
     id: bx3_protocol::ids::DagId,
     tasks: bool,
+    page: Option<&bx3_protocol::api::TaskQuery>,
 ) -> Result<bx3_protocol::api::DagView, ControllerError> {
     let meta = store.meta(&id)?.ok_or(ControllerError::NotFound(id))?;
     let spec = store.spec(&id)?.ok_or(ControllerError::NotFound(id))?;
-    let records = if tasks {
+    let records = if tasks || page.is_some() {
         store.tasks(&id, spec.dag.tasks.len())?
     } else {
         Vec::new()
     };
-    Ok(super::make_view(id, &meta, &spec, &records, tasks))
+    Ok(super::make_page_view(
+        id, &meta, &spec, &records, tasks, page,
+    ))
 }
 
 fn respond(reply: tokio::sync::oneshot::Sender<Vec<u8>>, resp: &Response) {

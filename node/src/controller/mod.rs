@@ -29,7 +29,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bx3_protocol::api::{Counts, DagState, DagSummary, DagView, StatusView, TaskView};
+use bx3_protocol::api::{Counts, DagState, DagSummary, DagView, StatusView, TaskQuery, TaskView};
 use bx3_protocol::ids::DagId;
 use libp2p::PeerId;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -103,6 +103,8 @@ pub enum Command {
         /// Long poll: answer once the DAG's version passes this, it finishes, or `wait` ends.
         after: Option<u64>,
         wait: Duration,
+        // hook(dash): only this page of tasks (dashboard, `logs`); `tasks` is then ignored.
+        page: Option<TaskQuery>,
         reply: Reply<DagView>,
     },
     List {
@@ -165,11 +167,24 @@ impl Handle {
         after: Option<u64>,
         wait: Duration,
     ) -> Result<DagView, ControllerError> {
+        self.get_page(id, tasks, None, after, wait).await
+    }
+
+    /// Like `get_after`, with only the page of tasks `page` selects (when set).
+    pub async fn get_page(
+        &self,
+        id: DagId,
+        tasks: bool,
+        page: Option<TaskQuery>,
+        after: Option<u64>,
+        wait: Duration,
+    ) -> Result<DagView, ControllerError> {
         self.ask(|reply| Command::Get {
             id,
             tasks,
             after,
             wait,
+            page,
             reply,
         })
         .await?
@@ -250,6 +265,8 @@ pub struct Parts {
     pub net_events: mpsc::Receiver<net::Event>,
     pub election: election::Params,
     pub shutdown: CancellationToken,
+    // hook(dash): the node's metrics; the actor pushes a sample once a second.
+    pub metrics: crate::metrics::Metrics,
 }
 
 pub struct Actor {
@@ -305,6 +322,8 @@ pub struct Actor {
     unflushed: bool,
     started: Instant,
     shutdown: CancellationToken,
+    /// hook(dash): where `publish_metrics` puts what this actor knows.
+    metrics: crate::metrics::Metrics,
 }
 
 fn now_ms() -> u64 {
@@ -366,6 +385,7 @@ impl Actor {
             unflushed: false,
             started: Instant::now(),
             shutdown: parts.shutdown,
+            metrics: parts.metrics,
         };
         Ok((actor, handle))
     }
@@ -435,7 +455,10 @@ impl Actor {
                     }
                 }
                 _ = tick.tick() => self.handle_tick().await?,
-                _ = announce.tick() => self.announce().await,
+                _ = announce.tick() => {
+                    self.announce().await;
+                    self.publish_metrics(); // hook(dash)
+                }
                 Some(cmd) = self.commands.recv() => {
                     let mut cmds = vec![cmd];
                     for _ in 0..64 {
@@ -531,15 +554,16 @@ impl Actor {
                 tasks,
                 after,
                 wait,
+                page,
                 reply,
             } => {
-                let view = self.view(id, tasks);
+                let view = self.view_page(id, tasks, page.as_ref());
                 match (after, view) {
                     (Some(after), Ok(v)) if v.version <= after && !v.state.is_terminal() => {
                         let handle = self.self_handle.clone();
                         tokio::spawn(async move {
-                            let _ =
-                                reply.send(wait_for_change(handle, id, tasks, after, wait).await);
+                            let _ = reply
+                                .send(wait_for_change(handle, id, tasks, page, after, wait).await);
                         });
                     }
                     (_, view) => {
@@ -672,8 +696,29 @@ impl Actor {
                 attempt: job.attempt,
                 outcome: Err("the executor pool has stopped".into()),
                 run_us: None,
+                stderr: None, // hook(dash): Done carries the stderr tail
             });
         }
+    }
+
+    // hook(dash): what `/metrics` shows of this actor, once a second (a scrape never waits
+    // on the actor).
+    fn publish_metrics(&self) {
+        let mut dags_active = crate::metrics::DagCounts::default();
+        for (_, run) in self.planner.runs() {
+            dags_active.add(run.meta.state);
+        }
+        let stats = self.planner.stats();
+        self.metrics.observe(crate::metrics::Sample {
+            status: Some(self.status_view()),
+            queue_depth: (self.planner.ready_len()
+                + self.queue.len()
+                + self.waiting_module.values().map(Vec::len).sum::<usize>())
+                as u64,
+            task_transitions: stats.tasks,
+            dags_finished: stats.dags,
+            dags_active,
+        });
     }
 
     /// Flushes records written since the last flush, if any, and wakes watchers.
@@ -761,12 +806,22 @@ impl Actor {
     }
 
     fn view(&self, id: DagId, with_tasks: bool) -> Result<DagView, ControllerError> {
+        self.view_page(id, with_tasks, None)
+    }
+
+    // hook(dash): `page` selects a page of tasks (see `make_page_view`).
+    fn view_page(
+        &self,
+        id: DagId,
+        with_tasks: bool,
+        page: Option<&TaskQuery>,
+    ) -> Result<DagView, ControllerError> {
         if let Some(run) = self.planner.run(&id) {
-            let mut v = make_view(id, &run.meta, &run.spec, &run.tasks, with_tasks);
+            let mut v = make_page_view(id, &run.meta, &run.spec, &run.tasks, with_tasks, page);
             v.coordinator = Some(self.me.clone());
             return Ok(v);
         }
-        mesh::local_view(&self.store, id, with_tasks)
+        mesh::local_page_view(&self.store, id, with_tasks, page)
     }
 
     fn list(&self, limit: usize) -> Result<Vec<DagSummary>, ControllerError> {
@@ -796,6 +851,7 @@ async fn wait_for_change(
     handle: Handle,
     id: DagId,
     tasks: bool,
+    page: Option<TaskQuery>,
     after: u64,
     wait: Duration,
 ) -> Result<DagView, ControllerError> {
@@ -803,7 +859,9 @@ async fn wait_for_change(
     let mut changes = handle.changes();
     loop {
         changes.borrow_and_update();
-        let view = handle.get(id, tasks).await?;
+        let view = handle
+            .get_page(id, tasks, page.clone(), None, Duration::ZERO)
+            .await?;
         if view.version > after || view.state.is_terminal() {
             return Ok(view);
         }
@@ -821,6 +879,21 @@ pub fn make_view(
     tasks: &[TaskRecord],
     with_tasks: bool,
 ) -> DagView {
+    make_page_view(id, meta, spec, tasks, with_tasks, None)
+}
+
+/// A DAG with all its tasks (`with_tasks`), none, or (`page`) the page of tasks the query
+/// selects: only the tasks on the page are turned into views, so a page of a 100,000-task
+/// DAG costs a scan of task states, not 100,000 views.
+// hook(dash): `page` (the body of `make_view` moved here, the task view to `task_view`).
+pub fn make_page_view(
+    id: DagId,
+    meta: &DagMeta,
+    spec: &SpecRecord,
+    tasks: &[TaskRecord],
+    with_tasks: bool,
+    page: Option<&TaskQuery>,
+) -> DagView {
     let mut view = DagView {
         id: id.to_string(),
         name: meta.name.clone(),
@@ -834,28 +907,53 @@ pub fn make_view(
         finished_at_ms: meta.finished_at_ms,
         version: meta.version,
         coordinator: None,
+        page: None,
     };
-    if with_tasks {
-        for (task, rec) in spec.dag.tasks.iter().zip(tasks) {
+    if let Some(query) = page {
+        // A task without a record yet is pending (as `Planner::add` reads it).
+        let states = spec.dag.tasks.iter().enumerate().map(|(i, t)| {
+            let state = tasks.get(i).map(|r| r.state).unwrap_or_default();
+            (t.id.as_str(), state)
+        });
+        let (picked, info) = query.select(states);
+        for i in picked {
+            let (Some(task), rec) = (spec.dag.tasks.get(i), tasks.get(i)) else {
+                continue;
+            };
+            let mut tv = task_view(spec, i, rec.cloned().unwrap_or_default());
+            query.cut(&mut tv);
             view.order.push(task.id.clone());
-            view.tasks.insert(
-                task.id.clone(),
-                TaskView {
-                    state: rec.state,
-                    output: rec.output.clone(),
-                    error: rec.error.clone(),
-                    attempts: rec.attempts,
-                    node: rec.node.clone(),
-                    module: task.module.clone(),
-                    depends_on: task
-                        .deps
-                        .iter()
-                        .filter_map(|d| spec.dag.tasks.get(*d as usize).map(|t| t.id.clone()))
-                        .collect(),
-                    ..TaskView::default()
-                },
-            );
+            view.tasks.insert(task.id.clone(), tv);
+        }
+        view.page = Some(info);
+    } else if with_tasks {
+        for (i, (task, rec)) in spec.dag.tasks.iter().zip(tasks).enumerate() {
+            view.order.push(task.id.clone());
+            view.tasks
+                .insert(task.id.clone(), task_view(spec, i, rec.clone()));
         }
     }
     view
+}
+
+/// One task as users see it.
+fn task_view(spec: &SpecRecord, idx: usize, rec: TaskRecord) -> TaskView {
+    let Some(task) = spec.dag.tasks.get(idx) else {
+        return TaskView::default();
+    };
+    TaskView {
+        state: rec.state,
+        output: rec.output,
+        error: rec.error,
+        attempts: rec.attempts,
+        node: rec.node,
+        module: task.module.clone(),
+        depends_on: task
+            .deps
+            .iter()
+            .filter_map(|d| spec.dag.tasks.get(*d as usize).map(|t| t.id.clone()))
+            .collect(),
+        inputs: spec.dag.inputs_as_written(idx),
+        ..TaskView::default()
+    }
 }

@@ -64,6 +64,17 @@ pub struct Planner {
     rr: VecDeque<DagId>,
     dirty_tasks: HashSet<(DagId, u32)>,
     dirty_runs: HashSet<DagId>,
+    // hook(dash): what this planner did, for metrics (pure counts, no I/O).
+    stats: Stats,
+}
+
+/// Totals since the planner was made: transitions into each task state (`running` = attempts
+/// handed out, `pending` = attempts put back, the final states = tasks finished) and DAGs
+/// finished by state. Only ever grow.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stats {
+    pub tasks: Counts,
+    pub dags: crate::metrics::DagCounts,
 }
 
 /// What changed since the last `take_dirty`, for the actor to persist.
@@ -88,6 +99,16 @@ impl Planner {
 
     pub fn active_count(&self) -> usize {
         self.runs.len()
+    }
+
+    // hook(dash): read by the actor's metrics sample.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Tasks ready to run, waiting for an executor (the controller's queue depth).
+    pub fn ready_len(&self) -> usize {
+        self.runs.values().map(|r| r.ready.len()).sum()
     }
 
     /// Adds a DAG, new or recovered from the store. Tasks found `running` were interrupted by
@@ -184,6 +205,7 @@ impl Planner {
             run.meta.counts.remove(t.state);
             run.meta.counts.add(state);
             t.state = state;
+            self.stats.tasks.add(state); // hook(dash)
             self.dirty_tasks.insert((id, idx));
         }
         self.touch(id);
@@ -372,6 +394,7 @@ impl Planner {
             run.ready.clear();
             run.meta.state = DagState::Cancelled;
             run.meta.finished_at_ms = Some(now_ms);
+            self.stats.dags.add(DagState::Cancelled); // hook(dash)
         }
         self.touch(dag);
         Some(running)
@@ -394,6 +417,7 @@ impl Planner {
             DagState::Succeeded
         };
         run.meta.finished_at_ms = Some(now_ms.unwrap_or(run.meta.created_at_ms));
+        self.stats.dags.add(run.meta.state); // hook(dash)
         self.touch(dag);
     }
 

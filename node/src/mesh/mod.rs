@@ -119,6 +119,9 @@ pub enum Request {
         after: Option<u64>,
         #[serde(default)]
         wait_ms: u64,
+        // hook(dash): a page of tasks instead of all of them (dashboard, `logs`).
+        #[serde(default)]
+        page: Option<bx3_protocol::api::TaskQuery>,
     },
     ListDags {
         limit: u32,

@@ -84,6 +84,8 @@ pub struct Config {
     pub max_gossip: usize,
     /// Request timeout (sending the request to receiving the response).
     pub request_timeout: Duration,
+    /// Where libp2p's bandwidth counters (bytes in/out on the mesh) are registered.
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Config {
@@ -100,6 +102,7 @@ impl Config {
             max_message: DEFAULT_MAX_MESSAGE,
             max_gossip: DEFAULT_MAX_GOSSIP,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            metrics: crate::metrics::Metrics::new(),
         }
     }
 
