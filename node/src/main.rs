@@ -41,6 +41,8 @@ enum Command {
     Dags(ListArgs),
     /// Cancel a DAG: running tasks are abandoned, pending ones cancelled.
     Cancel(CancelArgs),
+    /// Print a task's stderr, every attempt under its own header.
+    Logs(LogsArgs),
     /// Show the node, the controller, executors and peers.
     Status(StatusArgs),
     /// Internal: an executor process (started by the node).
@@ -102,6 +104,19 @@ struct ListArgs {
 #[derive(Args)]
 struct CancelArgs {
     id: String,
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    target: Target,
+}
+
+#[derive(Args)]
+struct LogsArgs {
+    /// The DAG's id.
+    id: String,
+    /// The task's id, as written in the DAG file.
+    task: String,
+    /// Print the task as JSON (its attempts, with their stderr, errors and times).
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -241,6 +256,7 @@ async fn client_command(cmd: Command) -> Result<(), ClientError> {
         Command::Dag(a) => a.target.clone(),
         Command::Dags(a) => a.target.clone(),
         Command::Cancel(a) => a.target.clone(),
+        Command::Logs(a) => a.target.clone(),
         Command::Status(a) => a.target.clone(),
         Command::Run(_) | Command::Executor(_) => unreachable!("handled in main"),
     };
@@ -314,6 +330,15 @@ async fn client_command(cmd: Command) -> Result<(), ClientError> {
             }
             Err(e) => Err(e),
         },
+        Command::Logs(a) => {
+            let task = client.task(&a.id, &a.task).await?;
+            if a.json {
+                print_json(&task);
+            } else {
+                print!("{}", client::render_logs(&a.id, &a.task, &task));
+            }
+            Ok(())
+        }
         Command::Status(a) => {
             let status = client.status().await?;
             if a.json {
