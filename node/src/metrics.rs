@@ -267,6 +267,29 @@ impl Metrics {
             "On the controller: batches the furthest-behind follower still has to apply",
             replication_lag.clone(),
         );
+        // Every series exists from the start (at zero), so a graph or a rate() of it has no
+        // gap before the first event.
+        for outcome in [
+            AttemptOutcome::succeeded,
+            AttemptOutcome::failed,
+            AttemptOutcome::cancelled,
+            AttemptOutcome::timed_out,
+            AttemptOutcome::crashed,
+        ] {
+            drop(attempts_finished.get_or_create(&OutcomeLabel { outcome }));
+        }
+        for outcome in [AttemptOutcome::succeeded, AttemptOutcome::failed] {
+            drop(attempt_seconds.get_or_create(&OutcomeLabel { outcome }));
+        }
+        for state in ["succeeded", "failed", "skipped", "cancelled"] {
+            drop(tasks_finished.get_or_create(&StateLabel { state }));
+        }
+        for state in ["succeeded", "failed", "cancelled"] {
+            drop(dags_finished.get_or_create(&StateLabel { state }));
+        }
+        for state in ["pending", "running"] {
+            drop(dags.get_or_create(&StateLabel { state }));
+        }
         let replica_seq = Gauge::default();
         r.register(
             "replica_seq",

@@ -504,6 +504,68 @@ mod tests {
     }
 
     #[test]
+    fn task_query_selects_a_window_of_the_matches() {
+        let tasks = [
+            ("a1", TaskState::Succeeded),
+            ("b1", TaskState::Failed),
+            ("a2", TaskState::Running),
+            ("a3", TaskState::Succeeded),
+            ("b2", TaskState::Succeeded),
+        ];
+        let q = TaskQuery {
+            offset: 1,
+            limit: 2,
+            ..TaskQuery::default()
+        };
+        let (picked, page) = q.select(tasks.iter().map(|(i, s)| (*i, *s)));
+        assert_eq!((picked, page.matched), (vec![1, 2], 5));
+        let q = TaskQuery {
+            states: vec![TaskState::Succeeded],
+            q: Some("a".into()),
+            limit: 10,
+            ..TaskQuery::default()
+        };
+        let (picked, page) = q.select(tasks.iter().map(|(i, s)| (*i, *s)));
+        assert_eq!((picked, page.matched), (vec![0, 3], 2));
+        let q = TaskQuery {
+            task: Some("b2".into()),
+            limit: 1,
+            ..TaskQuery::default()
+        };
+        assert_eq!(q.select(tasks.iter().map(|(i, s)| (*i, *s))).0, vec![4]);
+    }
+
+    #[test]
+    fn task_query_is_bounded_and_cuts_texts_on_char_boundaries() {
+        assert!(TaskQuery {
+            limit: MAX_TASK_PAGE + 1,
+            ..TaskQuery::default()
+        }
+        .checked()
+        .is_err());
+        assert!(TaskQuery {
+            q: Some("x".repeat(MAX_TASK_QUERY + 1)),
+            ..TaskQuery::default()
+        }
+        .checked()
+        .is_err());
+        let q = TaskQuery::default().checked().expect("defaults are fine");
+        assert_eq!(q.limit, 100, "no limit means a page of 100");
+        let q = TaskQuery {
+            preview: Some(3),
+            ..TaskQuery::default()
+        };
+        let mut t = TaskView {
+            output: Some("héllo".into()),
+            stderr: Some("ab".into()),
+            ..TaskView::default()
+        };
+        q.cut(&mut t);
+        assert_eq!(t.output.as_deref(), Some("hél…"));
+        assert_eq!(t.stderr.as_deref(), Some("ab"), "short texts stay whole");
+    }
+
+    #[test]
     fn counts_track_transitions() {
         let mut c = Counts::default();
         c.add(TaskState::Pending);

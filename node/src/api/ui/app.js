@@ -327,19 +327,21 @@ function renderMesh(panel) {
     seg.style.width = (e.total ? 100 * Math.min(1, (e.busy || 0) / e.total) : 0) + '%';
     busyBar.append(seg);
     const behind = n.replica_behind || 0;
+    // A member whose announcement has not arrived yet has no figures to show.
+    const silent = !n.me && !n.version && !e.total && !e.available_ram_mb;
     tb.append(h('tr', { class: n.alive === false ? 'down' : '' },
       h('td', {}, nodeChip(n.peer_id), n.me ? [' ', badge('me', 'this node')] : null,
         h('span', { class: 'peer-full', text: n.peer_id })),
       h('td', {}, badge(role)),
       h('td', {}, n.alive === false ? badge('down') : badge('alive', 'up')),
-      h('td', {}, h('div', { class: 'barcell' }, busyBar,
+      silent ? h('td', { class: 'muted', text: 'waiting for its announcement' }) : h('td', {}, h('div', { class: 'barcell' }, busyBar,
         h('span', { class: 'mono', text: `${fmtInt(e.busy)} / ${fmtInt(e.total)}` })),
         h('span', { class: 'muted', text: [limitText(e, n.me) && `sized by ${limitText(e, n.me)}`,
           e.cpu_cores && `${e.cpu_cores} cores`].filter(Boolean).join(' · ') })),
-      h('td', {}, h('span', { text: `${fmtMB(e.available_ram_mb)} free` }),
-        h('span', { class: 'peer-full', text: `${fmtMB(e.ram_per_executor_mb)} per executor, keeps ${fmtMB(e.min_free_ram_mb)}` })),
+      silent ? h('td', { class: 'muted', text: '—' }) : h('td', {}, h('span', { text: `${fmtMB(e.available_ram_mb)} free` }),
+        h('span', { class: 'subline', text: `${fmtMB(e.ram_per_executor_mb)} each · keeps ${fmtMB(e.min_free_ram_mb)}` })),
       h('td', { class: 'num' }, h('span', { text: `#${fmtInt(n.replica_seq)}` }),
-        h('span', { class: 'peer-full', text: isCtl ? 'source' : (behind ? `${fmtInt(behind)} behind` : 'up to date') })),
+        h('span', { class: 'subline', text: isCtl ? 'source' : (behind ? `${fmtInt(behind)} behind` : 'up to date') })),
       h('td', { class: 'mono', text: n.version || '—' }),
       h('td', { text: n.me ? 'now' : (n.last_seen_ms ? fmtAge(n.last_seen_ms) : (n.alive === false ? 'down' : 'connected')) }),
     ));
@@ -827,6 +829,14 @@ function layoutGraph(order, tasks) {
   return { order, deps, xy, width: PAD * 2 + layers.length * (BW + GX) - GX, height: PAD * 2 + tall * (BH + GY) - GY, layers: layers.length };
 }
 
+/// The node's colour down the left edge of a task's box (a style property, which the
+/// state's stylesheet rule cannot override).
+function stripe(peer) {
+  const r = s('rect', { class: 'stripe', x: 0, y: 0, width: 6, height: BH, rx: 2 });
+  r.style.fill = nodeColor(peer);
+  return r;
+}
+
 function drawGraph(panel, page, dagId) {
   const L = page.layout, v = page.tasks;
   if (!L || !v) return;
@@ -849,7 +859,7 @@ function drawGraph(panel, page, dagId) {
     },
     s('title', { text: `${tid}: ${t.state}${t.node ? ' on ' + t.node : ''}` }),
     s('rect', { width: BW, height: BH, rx: 6 }),
-    t.node ? s('rect', { x: 0, y: 0, width: 5, height: BH, rx: 2, fill: nodeColor(t.node), stroke: 'none' }) : null,
+    t.node ? stripe(t.node) : null,
     s('text', { x: 12, y: 17, text: label }),
     s('text', { class: 'sub', x: 12, y: 33, text: sub }));
     svgEl.append(g);
