@@ -394,7 +394,7 @@ function homePage(main, gen) {
   const page = {
     name: 'home',
     onStatus: () => renderMesh(mesh),
-    tick: () => { if (S.dags) renderDags(dags); },
+    tick: () => { if (S.dags && !document.hidden) renderDags(dags); },
   };
   (async () => {
     while (gen === S.gen) {
@@ -696,7 +696,8 @@ function dagPage(main, id, gen) {
     if (page.layout) drawGraph(graph, page, id);
   };
   page.tick = () => {
-    if (!page.dag) return;
+    // Only running times move; a finished DAG's page does nothing until something changes.
+    if (!page.dag || document.hidden || ['succeeded', 'failed', 'cancelled'].includes(page.dag.state)) return;
     drawRows();
     const took = $('#dag-took');
     if (took) took.textContent = dagDuration(page.dag);
