@@ -506,8 +506,9 @@ fn dashboard_screenshots_of_a_three_node_mesh_mid_dag() {
         "name: nightly_report\ndescription: \"Parse eight shards in parallel, merge them, and report.\"\n\
          defaults: {timeout: 5m, retries: 1}\ntasks:\n  - {id: fetch, module: echo.wasm, inputs: [\"8 shards\"]}\n",
     );
+    // Several seconds a shard, so the pictures catch it half done even on a busy machine.
     for i in 1..=8 {
-        let rounds = 40_000_000 + i * 25_000_000;
+        let rounds = 150_000_000 + i * 60_000_000;
         yaml.push_str(&format!(
             "  - {{id: parse_{i}, module: cpu_heavy.wasm, inputs: [\"{rounds}\"], depends_on: [fetch]}}\n"
         ));
@@ -520,21 +521,26 @@ fn dashboard_screenshots_of_a_three_node_mesh_mid_dag() {
     }
     yaml.push_str("  - {id: report, module: sum.wasm, inputs: [merge_1, merge_2, merge_3, merge_4], depends_on: [merge_1, merge_2, merge_3, merge_4]}\n");
     let file = write_dag(dir.path(), "nightly.yaml", &yaml);
-    let id = node.submit(&file);
-    node.wait_for(&id, MIN, "some tasks done and some running", |v| {
-        v.counts.succeeded >= 3 && v.counts.running >= 2 || v.state.is_terminal()
-    });
-
+    // The page is open (and warm) before the DAG starts: moving to it is a hash change.
     let mut b = browser::Browser::start(&exe, 1360, 820);
+    b.goto(&format!("{}/", node.api));
+    b.wait_text(&["3 of 3 nodes up", "hello_fanout"], MIN);
+    let id = node.submit(&file);
+    node.wait_for(
+        &id,
+        Duration::from_secs(180),
+        "some tasks done and some running",
+        |v| v.counts.succeeded >= 3 && v.counts.running >= 2 || v.state.is_terminal(),
+    );
     let out_dir = repo().join("target");
     let update = std::env::var_os("BX3_UPDATE_SCREENSHOTS").is_some();
-    b.goto(&format!("{}/#/dag/{id}", node.api));
-    b.wait_text(&["nightly_report", "parse_1", "Graph"], MIN);
-    std::thread::sleep(Duration::from_millis(700));
+    b.eval(&format!("location.hash = '#/dag/{id}'"));
+    b.wait_text(&["nightly_report", "parse_1", "Graph", "running"], MIN);
+    std::thread::sleep(Duration::from_millis(300));
     let dag_png = b.screenshot();
-    b.goto(&format!("{}/", node.api));
+    b.eval("location.hash = '#/'");
     b.wait_text(&["3 of 3 nodes up", "nightly_report", "hello_fanout"], MIN);
-    std::thread::sleep(Duration::from_millis(700));
+    std::thread::sleep(Duration::from_millis(300));
     let mesh_png = b.screenshot();
     for (name, png) in [
         ("dashboard-dag.png", dag_png),

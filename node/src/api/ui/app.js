@@ -66,7 +66,18 @@ function hue(text) {
   x ^= x >>> 13; x = Math.imul(x, 0x5bd1e995); x ^= x >>> 15;
   return Math.round(((x >>> 0) / 4294967296) * 24) * 15; // 24 well-separated hues
 }
-function nodeColor(peer) { return `hsl(${hue(peer || '')} 62% 48%)`; }
+/// Nodes of the mesh get colours far apart (in the order of their ids, the same on every
+/// page); a node the status no longer lists gets one from its id.
+const PALETTE = ['#2f80ed', '#e8590c', '#2b8a3e', '#c2255c', '#7048e8', '#0c8599', '#e67700', '#5c7cfa', '#a61e4d', '#087f5b'];
+function nodeColor(peer) {
+  const st = S.status;
+  if (st && peer) {
+    const ids = [st.peer_id, ...(st.peers || []).map(p => p.peer_id)].sort();
+    const i = ids.indexOf(peer);
+    if (i >= 0 && ids.length <= PALETTE.length) return PALETTE[i];
+  }
+  return `hsl(${hue(peer || '')} 62% 48%)`;
+}
 function nodeChip(peer) {
   if (!peer) return h('span', { class: 'muted', text: '—' });
   const dot = h('i');
@@ -692,6 +703,13 @@ function dagPage(main, id, gen) {
     if (!tid) { closeDrawer(false); drawRows(); return; }
     openDrawer();
     loadTask(tid);
+    drawRows();
+    if (page.layout) drawGraph(graph, page, id);
+  };
+  page.onStatus = () => {
+    // Node colours come from the status: draw once more when the first one arrives.
+    if (page.coloured || !S.status) return;
+    page.coloured = true;
     drawRows();
     if (page.layout) drawGraph(graph, page, id);
   };
