@@ -413,7 +413,7 @@ fn dashboard_in_a_browser_shows_the_mesh_and_cancels_a_dag() {
         "stuck.yaml",
         r#"
 name: long_haul
-description: "Runs until someone cancels it."
+description: "Runs until someone cancels it. <img src=x onerror=\"document.title='pwned'\">"
 tasks:
   - {id: spin, module: loop_forever.wasm, timeout: 10m, retries: 0}
   - {id: then, module: echo.wasm, inputs: ["never"], depends_on: [spin]}
@@ -466,9 +466,18 @@ tasks:
 
     // Cancel the running DAG with the page's own control.
     b.goto(&format!("{}/#/dag/{stuck_id}", follower.api));
+    // Text from a DAG file is shown as text, never run as HTML.
     b.wait_text(
-        &["long_haul", "Runs until someone cancels it.", "spin"],
+        &[
+            "long_haul",
+            "Runs until someone cancels it. <img src=x",
+            "spin",
+        ],
         MIN,
+    );
+    assert_eq!(
+        b.eval("document.querySelectorAll('img[src=\"x\"]').length + ':' + document.title"),
+        serde_json::json!("0:bx3 mesh")
     );
     b.click("#cancel", MIN);
     b.click("#cancel-yes", MIN);
