@@ -563,3 +563,142 @@ fn dashboard_screenshots_of_a_three_node_mesh_mid_dag() {
     }
     let _ = node.cli(&["cancel", &id], MIN);
 }
+
+/// A stand-in for a node that requires an API token: it serves the dashboard's own files
+/// (from the source tree) without one, and answers `/v1/*` only with `Bearer s3cret`
+/// (401 otherwise). Counts the API requests that carried the right token.
+struct TokenNode {
+    addr: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    authorized: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TokenNode {
+    fn start(status: String) -> TokenNode {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("addr");
+        let stop = Arc::new(AtomicBool::new(false));
+        let authorized = Arc::new(AtomicUsize::new(0));
+        let (stop2, auth2) = (stop.clone(), authorized.clone());
+        let ui = repo().join("node/src/api/ui");
+        let thread = std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(300);
+            while !stop2.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let Ok((mut conn, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let _ = conn.set_nonblocking(false);
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 65536 {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&head).to_string();
+                let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+                let token_ok = head
+                    .lines()
+                    .any(|l| l.eq_ignore_ascii_case("authorization: Bearer s3cret"));
+                let file = |name: &str| std::fs::read_to_string(ui.join(name)).unwrap_or_default();
+                let (status_line, ctype, body) = match path.split('?').next().unwrap_or("") {
+                    "/" => ("200 OK", "text/html", file("index.html")),
+                    "/ui/app.js" => ("200 OK", "text/javascript", file("app.js")),
+                    "/ui/style.css" => ("200 OK", "text/css", file("style.css")),
+                    "/ui/icon.svg" => ("200 OK", "image/svg+xml", file("icon.svg")),
+                    p if p.starts_with("/v1/") && !token_ok => (
+                        "401 Unauthorized",
+                        "application/json",
+                        r#"{"error":"this node requires an API token"}"#.to_string(),
+                    ),
+                    "/v1/status" => {
+                        auth2.fetch_add(1, Ordering::Relaxed);
+                        ("200 OK", "application/json", status.clone())
+                    }
+                    "/v1/dags" => {
+                        auth2.fetch_add(1, Ordering::Relaxed);
+                        ("200 OK", "application/json", "[]".to_string())
+                    }
+                    _ => (
+                        "404 Not Found",
+                        "application/json",
+                        r#"{"error":"no"}"#.into(),
+                    ),
+                };
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {status_line}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        TokenNode {
+            addr,
+            stop,
+            authorized,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for TokenNode {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// With a node that requires an API token, the page asks for it once (and again, saying so,
+/// when the node refuses what was typed), keeps it in the tab's session storage, and sends it
+/// with every API request from then on.
+#[test]
+fn dashboard_asks_for_the_api_token_and_keeps_it_for_the_session() {
+    let Some(exe) = browser::chromium() else {
+        eprintln!("SKIPPED: no chromium on PATH (set BX3_CHROMIUM or install Debian's chromium; .ci/run does)");
+        return;
+    };
+    let _one = one_at_a_time();
+    let status = serde_json::json!({
+        "peer_id": "12D3KooWTokenNodeTokenNodeTokenNodeTokenNode1",
+        "leader": "12D3KooWTokenNodeTokenNodeTokenNodeTokenNode1",
+        "term": 7, "listen_addrs": [], "peers": [], "version": "0.1.0",
+        "executors": {"total": 2, "busy": 0},
+        "role": "controller"
+    })
+    .to_string();
+    let node = TokenNode::start(status);
+    let mut b = browser::Browser::start(&exe, 1200, 800);
+    b.goto(&format!("http://{}/", node.addr));
+    b.wait_text(&["This node asks for its API token"], MIN);
+    // A wrong token is refused and the page asks again, saying why.
+    b.eval("document.querySelector('#token-input').value = 'wrong'");
+    b.click("#token-form button[type=submit]", MIN);
+    b.wait_text(&["The node refused that token"], MIN);
+    b.eval("document.querySelector('#token-input').value = 's3cret'");
+    b.click("#token-form button[type=submit]", MIN);
+    let text = b.wait_text(&["TokenNode1", "No DAGs yet", "1 of 1 nodes up"], MIN);
+    assert!(
+        !text.contains("asks for its API token"),
+        "the prompt closed: {text}"
+    );
+    assert_eq!(
+        b.eval("sessionStorage.getItem('bx3.api-token')"),
+        serde_json::json!("s3cret")
+    );
+    let before = node.authorized.load(std::sync::atomic::Ordering::Relaxed);
+    std::thread::sleep(Duration::from_secs(3));
+    let after = node.authorized.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        after > before,
+        "the page keeps polling with the token ({before} -> {after})"
+    );
+}
