@@ -106,6 +106,15 @@ impl Planner {
         self.stats
     }
 
+    /// An empty planner that goes on counting from `stats` (a node that loses and regains
+    /// the controller role keeps its totals: they only ever grow).
+    pub fn with_stats(stats: Stats) -> Planner {
+        Planner {
+            stats,
+            ..Planner::default()
+        }
+    }
+
     /// Tasks ready to run, waiting for an executor (the controller's queue depth).
     pub fn ready_len(&self) -> usize {
         self.runs.values().map(|r| r.ready.len()).sum()

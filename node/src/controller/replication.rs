@@ -739,7 +739,8 @@ impl Actor {
     /// Forgets the in-memory side of being (or having been) the controller; the store keeps
     /// every DAG.
     fn drop_controller_state(&mut self) {
-        self.planner = Planner::new();
+        // hook(dash): the planner's totals live on, so the metrics counters stay monotone.
+        self.planner = Planner::with_stats(self.planner.stats());
         self.remote.clear();
         self.replication.reset();
     }
