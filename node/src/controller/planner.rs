@@ -494,6 +494,30 @@ tasks:
         std::iter::from_fn(|| p.next_assignment("me")).collect()
     }
 
+    /// The totals behind the metrics: transitions into each state and finished DAGs, kept
+    /// across a planner replaced on take-over.
+    #[test]
+    fn stats_count_transitions_and_survive_a_new_planner() {
+        let mut p = Planner::new();
+        let id = add(&mut p, FANOUT, 1);
+        for a in [drain(&mut p), Vec::new()].concat() {
+            assert!(p.on_result(id, a.task, a.attempt, Err("boom".into()), 5));
+        }
+        // init failed once (retried), then ran again.
+        let a = drain(&mut p);
+        assert_eq!(a.len(), 1);
+        let s = p.stats();
+        assert_eq!((s.tasks.running, s.tasks.pending), (2, 1));
+        let mut p = Planner::with_stats(s);
+        let id = add(&mut p, FANOUT, 2);
+        let cancelled = p.cancel(id, 9).expect("running DAG");
+        assert!(cancelled.is_empty(), "nothing ran in the new planner yet");
+        let s = p.stats();
+        assert_eq!(s.tasks.running, 2, "kept from the first planner");
+        assert_eq!(s.tasks.cancelled, 4);
+        assert_eq!(s.dags.cancelled, 1);
+    }
+
     #[test]
     fn fanout_runs_in_dependency_order_with_outputs_passed() {
         let mut p = Planner::new();
