@@ -12,7 +12,9 @@ DAG on a fresh 3-node mesh: accept, first task, finish, peak RSS), convergence (
 nodes, failover), topology (a 10-node star becoming fully connected; failover in a star and a
 chain), load (one-task latency at a leaf while CPU-bound work saturates the mesh; executor
 count and CPU-bound throughput with the old RAM-only sizing and the new default, same run),
-executors (scale reaction, idle cost).
+executors (scale reaction, idle cost), dashboard (the controller's CPU and RSS with the
+dashboard open on a 100,000-task DAG versus not; throughput with /metrics scraped every
+second versus not).
 
 Every heavy run also counts controller changes (the largest term increase over the nodes,
 read from `status` before and after): it must be 0. The table ends with them, and --smoke
@@ -186,6 +188,108 @@ class FirstStart(Background):
                     self.succeeded = now
                     return
             time.sleep(0.002)
+
+
+class Scraper(Background):
+    """GET /metrics of every node every `period` s, as a Prometheus server would; keeps the
+    time and size of each scrape."""
+
+    def __init__(self, nodes, period=1.0):
+        self.nodes, self.period = nodes, period
+        self.ms, self.bytes = [], []
+        super().__init__()
+
+    def run(self):
+        deadline = time.time() + 3600
+        while not self.stop_flag.is_set() and time.time() < deadline:
+            for n in self.nodes:
+                t = time.perf_counter()
+                try:
+                    with urllib.request.urlopen(n.api + "/metrics", timeout=10) as r:
+                        body = r.read()
+                except (urllib.error.URLError, OSError):
+                    continue
+                self.ms.append((time.perf_counter() - t) * 1000)
+                self.bytes.append(len(body))
+            self.stop_flag.wait(self.period)
+
+
+class PageEmulator(Background):
+    """What the dashboard's DAG page asks for, for when no Chromium is installed: status every
+    2 s, a long poll on the DAG's version, and after each change (at most two a second) the
+    first window of 100 tasks with previews."""
+
+    def __init__(self, node, dag_id):
+        self.node, self.dag_id = node, dag_id
+        self.requests = 0
+        super().__init__()
+
+    def run(self):
+        version, last_status = 0, 0.0
+        deadline = time.time() + 3600
+        base = f"{self.node.api}/v1/dags/{self.dag_id}"
+        while not self.stop_flag.is_set() and time.time() < deadline:
+            try:
+                if time.time() - last_status >= 2:
+                    http("GET", self.node.api + "/v1/status", timeout=10)
+                    last_status = time.time()
+                    self.requests += 1
+                t = time.time()
+                v = http("GET", f"{base}?tasks=false&after={version}&wait_ms=25000", timeout=30)
+                http("GET", f"{base}?tasks=false&task_offset=0&task_limit=100&preview=160", timeout=30)
+                self.requests += 2
+                if v["state"] in ("succeeded", "failed", "cancelled"):
+                    return
+                version = v["version"]
+                self.stop_flag.wait(max(0.0, 0.5 - (time.time() - t)))
+            except (urllib.error.URLError, OSError):
+                self.stop_flag.wait(0.5)
+
+
+def chromium():
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        p = shutil.which(name)
+        if p:
+            return p
+    return None
+
+
+class Page:
+    """The dashboard open on a DAG in headless Chromium (the real page, its own polling), or
+    the PageEmulator when Chromium is missing. With `blank`, the same browser on about:blank
+    (so a run without the page pays the same browser start-up on this machine's cores).
+    Stopped by pid."""
+
+    def __init__(self, node, dag_id, root, blank=False):
+        self.exe = chromium()
+        self.url = "about:blank" if blank else f"{node.api}/#/dag/{dag_id}"
+        self.node, self.dag_id, self.root, self.blank = node, dag_id, root, blank
+        self.proc = self.emulator = None
+
+    def __enter__(self):
+        if self.blank and not self.exe:
+            return self
+        if self.exe:
+            profile = tempfile.mkdtemp(prefix="chromium-", dir=self.root)
+            self.proc = subprocess.Popen(
+                [self.exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-extensions", "--disable-dev-shm-usage", "--window-size=1400,1000",
+                 f"--user-data-dir={profile}", "--remote-debugging-port=0", self.url],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        else:
+            self.emulator = PageEmulator(self.node, self.dag_id).__enter__()
+        return self
+
+    def kind(self):
+        return "headless Chromium" if self.exe else "emulated page (no Chromium installed)"
+
+    def __exit__(self, *exc):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+        if self.emulator is not None:
+            self.emulator.__exit__(*exc)
 
 
 class Node:
@@ -763,6 +867,81 @@ class Bench:
         self.stop_all()
         self.row("executor scale reaction (RAM change to new count)", times, "ms", "re-evaluated every 3 s")
 
+    def dashboard_cost(self, nodes, size, runs):
+        """What a dashboard open on a big DAG costs the node serving it (the controller, where
+        the page's reads are answered): node CPU per 1,000 tasks, peak sampled RSS and
+        throughput of the same DAG with and without the page, alternating, same mesh."""
+        ctl = self.controller(nodes)
+        h = self.upload(ctl, "noop.wasm")
+        self.wait(ctl, self.submit(ctl, self.fanout_yaml(200, name="warm-up"), {"noop.wasm": h})[0])
+        res = {False: ([], [], []), True: ([], [], [])}
+        browser_cpu = []
+        kind = "no page"
+        # ABBA order: a store that grows run after run (sled keeps every DAG) weighs on both.
+        for k in range(2 * runs):
+            with_page = k % 4 in (1, 2)
+            yaml = self.fanout_yaml(size, name=f"dash-{size}-{k}")
+            cpu0 = cpu_ms(ctl.proc.pid)
+            with RssSampler([ctl]) as sampler:
+                dag_id, _ = self.submit(ctl, yaml, {"noop.wasm": h})
+                with Page(ctl, dag_id, self.root, blank=not with_page) as page:
+                    if with_page:
+                        kind = page.kind()
+                    v = self.wait(ctl, dag_id, limit=1800)
+                    if with_page and page.proc is not None:
+                        browser_cpu.append(sum(cpu_ms(p) for p in descendants(page.proc.pid)) / 1000)
+            assert v["state"] == "succeeded", v
+            ms = max(1, v["finished_at_ms"] - v["created_at_ms"])
+            rates, cpu, rss = res[with_page]
+            rates.append((size + 1) / (ms / 1000.0))
+            cpu.append((cpu_ms(ctl.proc.pid) - cpu0) * 1000 / (size + 1))
+            rss.append(sampler.max_node[0] / 1024)
+        label = (f"{size:,}+1-task DAG at the controller, 3 nodes x 2 executors; a browser starts after the POST"
+                 " in both runs (about:blank without the page)")
+        for with_page, what in ((False, "no page open"), (True, f"dashboard open on it ({kind})")):
+            rates, cpu, rss = res[with_page]
+            self.row(f"dashboard: controller CPU per 1,000 tasks, {what}", cpu, "ms", label)
+            self.row(f"dashboard: controller max sampled RSS, {what}", rss, "MB", "node + executors, every 0.5 s")
+            self.row(f"dashboard: throughput, {what}", rates, "tasks/s", "accept to finish, server clock")
+        self.row("dashboard: CPU of the browser itself while the page was open", browser_cpu, "s",
+                 "Chromium's process tree, on the same 2 cores as the mesh (a person's browser is elsewhere)")
+        ratio = statistics.median(res[True][0]) / statistics.median(res[False][0])
+        self.row("dashboard: throughput with page / without", [ratio], "ratio", "medians of the runs above")
+        cpu_ratio = statistics.median(res[True][1]) / statistics.median(res[False][1])
+        self.row("dashboard: controller CPU with page / without", [cpu_ratio], "ratio", "medians of the runs above")
+
+    def metrics_cost(self, nodes, size, runs):
+        """Throughput of the same DAG with every node's /metrics scraped every second versus
+        not, alternating in one run on one mesh; and what one scrape costs."""
+        submit_at = self.follower(nodes)
+        h = self.upload(submit_at, "noop.wasm")
+        self.wait(submit_at, self.submit(submit_at, self.fanout_yaml(200, name="warm-up"), {"noop.wasm": h})[0])
+        rates = {False: [], True: []}
+        scrape_ms, scrape_bytes = [], []
+        for k in range(2 * runs):
+            scraped = k % 4 in (1, 2)  # ABBA, as above
+            yaml = self.fanout_yaml(size, name=f"metrics-{size}-{k}")
+            if scraped:
+                with Scraper(nodes) as sc:
+                    dag_id, _ = self.submit(submit_at, yaml, {"noop.wasm": h})
+                    v = self.wait(submit_at, dag_id)
+                scrape_ms += sc.ms
+                scrape_bytes += sc.bytes
+            else:
+                dag_id, _ = self.submit(submit_at, yaml, {"noop.wasm": h})
+                v = self.wait(submit_at, dag_id)
+            assert v["state"] == "succeeded", v
+            ms = max(1, v["finished_at_ms"] - v["created_at_ms"])
+            rates[scraped].append((size + 1) / (ms / 1000.0))
+        label = f"{size:,}+1 no-op tasks, 3 nodes x 2 executors"
+        self.row(f"metrics: throughput, not scraped, {label}", rates[False], "tasks/s", "accept to finish")
+        self.row(f"metrics: throughput, every node scraped every 1 s, {label}", rates[True], "tasks/s",
+                 "accept to finish")
+        self.row("metrics: throughput scraped / not scraped", [statistics.median(rates[True]) / statistics.median(rates[False])],
+                 "ratio", "medians of the runs above, same mesh, alternating")
+        self.row("metrics: one scrape of /metrics under load", scrape_ms, "ms", "GET round trip, client clock")
+        self.row("metrics: size of one scrape", [b / 1024 for b in scrape_bytes], "KiB", "OpenMetrics text")
+
     def idle(self, seconds):
         """CPU and RSS of idle nodes over `seconds`: a lone node, then each node of an idle
         3-node mesh (controller heartbeats, announces, replication checks, gossip)."""
@@ -801,7 +980,7 @@ class Bench:
         self.stop_all()
 
 
-SECTIONS = ("single", "mesh", "scale", "convergence", "topology", "load", "executors")
+SECTIONS = ("single", "mesh", "scale", "convergence", "topology", "load", "executors", "dashboard")
 
 
 def main():
@@ -873,6 +1052,14 @@ def main():
             print("--- executors", file=sys.stderr)
             b.scale_reaction(2 if s else 6)
             b.idle(3 if s else 30)
+        if "dashboard" in only:
+            print("--- dashboard and metrics: what watching costs", file=sys.stderr)
+            three = b.mesh(3, 2)
+            b.wait_leader(three)
+            b.wait_peers(three)
+            b.dashboard_cost(three, 2000 if s else 100_000, 1 if s else 2)
+            b.metrics_cost(three, 500 if s else 10_000, 1 if s else 3)
+            b.stop_all()
     finally:
         b.cleanup()
     print(f"{'measurement':<62} {'median':>12} {'min':>12} {'max':>12}  unit      n  note")

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bx3_protocol::api::{
-    DagState, DagSummary, DagView, ErrorBody, ModuleUploaded, StatusView, SubmitRequest,
-    SubmitResponse, TaskState,
+    AttemptOutcome, DagState, DagSummary, DagView, ErrorBody, ModuleUploaded, StatusView,
+    SubmitRequest, SubmitResponse, TaskState, TaskView,
 };
 use bx3_protocol::dag::parse_dag;
 use serde::de::DeserializeOwned;
@@ -240,6 +240,28 @@ impl Client {
         .await
     }
 
+    /// One task of a DAG, with its full texts (`logs`). Asks the node for that task only.
+    pub async fn task(&self, id: &str, task: &str) -> Result<TaskView, ClientError> {
+        let mut view: DagView = self
+            .json(
+                self.http
+                    .get(format!("{}/v1/dags/{id}", self.base))
+                    .query(&[("tasks", "false"), ("task", task), ("task_limit", "1")]),
+            )
+            .await?;
+        view.tasks.remove(task).ok_or_else(|| {
+            let known = if view.counts.total > 0 {
+                format!(
+                    " (it has {} tasks; `bx3-node dag {id}` lists them)",
+                    view.counts.total
+                )
+            } else {
+                String::new()
+            };
+            ClientError::Input(format!("DAG {id} has no task {task:?}{known}"))
+        })
+    }
+
     pub async fn dags(&self, limit: usize) -> Result<Vec<DagSummary>, ClientError> {
         self.json(
             self.http
@@ -401,6 +423,47 @@ pub fn outcome(view: &DagView) -> Result<(), ClientError> {
     }
 }
 
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A duration for people: `850 ms`, `2.40 s`, `12.3 s`, `3 min 05 s`, `2 h 04 min`.
+pub fn human_ms(ms: u64) -> String {
+    if ms < 1000 {
+        return format!("{ms} ms");
+    }
+    let s = ms as f64 / 1000.0;
+    if s < 10.0 {
+        return format!("{s:.2} s");
+    }
+    if s < 60.0 {
+        return format!("{s:.1} s");
+    }
+    let m = ms / 60_000;
+    if m < 60 {
+        return format!("{m} min {:02} s", (ms / 1000) % 60);
+    }
+    if m < 48 * 60 {
+        return format!("{} h {:02} min", m / 60, m % 60);
+    }
+    format!("{} d {} h", m / (24 * 60), (m / 60) % 24)
+}
+
+/// How long a task took, or (running) has been running so far (`…` marks a running one).
+pub fn task_time(t: &TaskView, now: u64) -> String {
+    match (t.started_at_ms, t.finished_at_ms) {
+        (Some(s), Some(f)) => human_ms(f.saturating_sub(s)),
+        (Some(s), None) if t.state == TaskState::Running => {
+            format!("{}…", human_ms(now.saturating_sub(s)))
+        }
+        _ => "-".into(),
+    }
+}
+
 fn short_peer(p: &str) -> String {
     let n = p.chars().count();
     if n <= 12 {
@@ -414,12 +477,16 @@ fn short_peer(p: &str) -> String {
 pub fn render_dag(v: &DagView) -> String {
     use std::fmt::Write;
     let mut out = String::new();
+    let now = now_ms();
     let took = match v.finished_at_ms {
         Some(f) => format!(
             ", {:.2} s",
             f.saturating_sub(v.created_at_ms) as f64 / 1000.0
         ),
-        None => String::new(),
+        None => format!(
+            ", running for {}",
+            human_ms(now.saturating_sub(v.created_at_ms))
+        ),
     };
     let _ = writeln!(
         out,
@@ -453,12 +520,13 @@ pub fn render_dag(v: &DagView) -> String {
         let first = lines.next().unwrap_or("");
         let _ = writeln!(
             out,
-            "  {id:<width$}  {:<9}  {:>2}x  {node:<9}  {first}",
+            "  {id:<width$}  {:<9}  {:>2}x  {node:<9}  {:>9}  {first}",
             t.state.as_str(),
-            t.attempts
+            t.attempts,
+            task_time(t, now)
         );
         let rest: Vec<&str> = lines.collect();
-        let pad = " ".repeat(width + 30);
+        let pad = " ".repeat(width + 41);
         for l in rest.iter().take(19) {
             let _ = writeln!(out, "{pad}{l}");
         }
@@ -481,20 +549,88 @@ pub fn render_dags(list: &[DagSummary]) -> String {
         out.push_str("no DAGs yet (submit one with `bx3-node submit FILE`)\n");
         return out;
     }
+    let now = now_ms();
     let _ = writeln!(
         out,
-        "{:<20}  {:<9}  {:>13}  NAME",
-        "ID", "STATE", "DONE/TOTAL"
+        "{:<20}  {:<9}  {:>13}  {:>12}  {:>12}  NAME",
+        "ID", "STATE", "DONE/TOTAL", "AGE", "DURATION"
     );
     for d in list {
+        let duration = match d.finished_at_ms {
+            Some(f) => human_ms(f.saturating_sub(d.created_at_ms)),
+            None => format!("{}…", human_ms(now.saturating_sub(d.created_at_ms))),
+        };
         let _ = writeln!(
             out,
-            "{:<20}  {:<9}  {:>13}  {}",
+            "{:<20}  {:<9}  {:>13}  {:>12}  {:>12}  {}",
             d.id,
             d.state.as_str(),
             format!("{}/{}", d.counts.done(), d.counts.total),
+            human_ms(now.saturating_sub(d.created_at_ms)),
+            duration,
             d.name
         );
+    }
+    out
+}
+
+/// `logs DAG TASK`: the task's stderr, attempt by attempt, each under a header.
+pub fn render_logs(dag: &str, task: &str, t: &TaskView) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let now = now_ms();
+    let body = |out: &mut String, stderr: Option<&str>, error: Option<&str>| {
+        match stderr.filter(|s| !s.trim().is_empty()) {
+            Some(s) => {
+                out.push_str(s);
+                if !s.ends_with('\n') {
+                    out.push('\n');
+                }
+            }
+            None => out.push_str("(no stderr)\n"),
+        }
+        if let Some(e) = error {
+            let _ = writeln!(out, "error: {e}");
+        }
+    };
+    if t.attempt_log.is_empty() {
+        // No per-attempt record: the latest attempt's tail is all there is.
+        let _ = writeln!(
+            out,
+            "== {dag} {task}: {} after {} attempt(s){} ==",
+            t.state.as_str(),
+            t.attempts,
+            t.node
+                .as_deref()
+                .map(|n| format!(", last on {n}"))
+                .unwrap_or_default()
+        );
+        let error = (t.state != TaskState::Succeeded)
+            .then_some(t.error.as_deref())
+            .flatten();
+        body(&mut out, t.stderr.as_deref(), error);
+        return out;
+    }
+    for a in &t.attempt_log {
+        let outcome = match a.outcome {
+            AttemptOutcome::Running => "running",
+            AttemptOutcome::Succeeded => "succeeded",
+            AttemptOutcome::Failed => "failed",
+            AttemptOutcome::Interrupted => "interrupted",
+            AttemptOutcome::Cancelled => "cancelled",
+        };
+        let took = match (a.started_at_ms, a.finished_at_ms) {
+            (Some(s), Some(f)) => format!(", took {}", human_ms(f.saturating_sub(s))),
+            (Some(s), None) => format!(", running for {}", human_ms(now.saturating_sub(s))),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            out,
+            "== attempt {} on {}: {outcome}{took} ==",
+            a.attempt,
+            a.node.as_deref().unwrap_or("(no node)")
+        );
+        body(&mut out, a.stderr.as_deref(), a.error.as_deref());
     }
     out
 }
@@ -588,6 +724,74 @@ fn executor_limits(e: &bx3_protocol::api::ExecutorsView) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_for_people() {
+        assert_eq!(human_ms(850), "850 ms");
+        assert_eq!(human_ms(2_400), "2.40 s");
+        assert_eq!(human_ms(12_340), "12.3 s");
+        assert_eq!(human_ms(185_000), "3 min 05 s");
+        assert_eq!(human_ms(7_440_000), "2 h 04 min");
+        let mut t = TaskView {
+            state: TaskState::Running,
+            started_at_ms: Some(1_000),
+            ..TaskView::default()
+        };
+        assert_eq!(task_time(&t, 3_500), "2.50 s…", "elapsed of a running task");
+        t.state = TaskState::Succeeded;
+        t.finished_at_ms = Some(1_250);
+        assert_eq!(task_time(&t, 9_999), "250 ms");
+        assert_eq!(
+            task_time(&TaskView::default(), 5),
+            "-",
+            "no times recorded yet"
+        );
+    }
+
+    #[test]
+    fn logs_show_every_attempt_under_a_header() {
+        use bx3_protocol::api::AttemptView;
+        let t = TaskView {
+            state: TaskState::Succeeded,
+            attempts: 2,
+            attempt_log: vec![
+                AttemptView {
+                    attempt: 1,
+                    node: Some("n1".into()),
+                    outcome: AttemptOutcome::Failed,
+                    started_at_ms: Some(10),
+                    finished_at_ms: Some(30),
+                    error: Some("exited with status 1".into()),
+                    stderr: Some("boom".into()),
+                    ..AttemptView::default()
+                },
+                AttemptView {
+                    attempt: 2,
+                    node: Some("n2".into()),
+                    outcome: AttemptOutcome::Succeeded,
+                    stderr: Some("warning: something odd\n".into()),
+                    ..AttemptView::default()
+                },
+            ],
+            ..TaskView::default()
+        };
+        let text = render_logs("D", "t", &t);
+        assert_eq!(
+            text,
+            "== attempt 1 on n1: failed, took 20 ms ==\nboom\nerror: exited with status 1\n\
+             == attempt 2 on n2: succeeded ==\nwarning: something odd\n"
+        );
+        let bare = TaskView {
+            state: TaskState::Succeeded,
+            attempts: 1,
+            node: Some("n3".into()),
+            ..TaskView::default()
+        };
+        assert_eq!(
+            render_logs("D", "t", &bare),
+            "== D t: succeeded after 1 attempt(s), last on n3 ==\n(no stderr)\n"
+        );
+    }
 
     #[test]
     fn api_resolution_order() {

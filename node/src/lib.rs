@@ -14,7 +14,8 @@
 //! | [`net`] | the libp2p event loop and its cloneable client | the `Swarm`, connections, dials |
 //! | [`executor`] | RAM-sized pool of executor processes running WASI modules on wasmer | executor processes, compiled-module cache |
 //! | [`store`] | sled behind a typed `Store`; content-addressed module files | the database (written only by the runtime, as the core says) |
-//! | [`api`] | the HTTP API (axum) used by the CLI, scripts and the dashboard | — (asks the runtime) |
+//! | [`api`] | the HTTP API (axum) used by the CLI, scripts and the dashboard (`GET /`) | — (asks the runtime) |
+//! | [`metrics`] | the Prometheus registry behind `GET /metrics` | counters (atomics), the runtime's latest sample |
 //! | [`client`] | the CLI's side of that API | — |
 //!
 //! ```text
@@ -33,6 +34,7 @@ pub mod cluster;
 pub mod config;
 pub mod election;
 pub mod executor;
+pub mod metrics;
 pub mod net;
 pub mod node;
 pub mod runtime;

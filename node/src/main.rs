@@ -41,6 +41,8 @@ enum Command {
     Dags(ListArgs),
     /// Cancel a DAG: running tasks are abandoned, pending ones cancelled.
     Cancel(CancelArgs),
+    /// Print a task's stderr, every attempt under its own header.
+    Logs(LogsArgs),
     /// Show the node, the controller, executors and peers.
     Status(StatusArgs),
     /// Write a new mesh key (for --mesh-key) to FILE, mode 0600; never overwrites.
@@ -104,6 +106,19 @@ struct ListArgs {
 #[derive(Args)]
 struct CancelArgs {
     id: String,
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    target: Target,
+}
+
+#[derive(Args)]
+struct LogsArgs {
+    /// The DAG's id.
+    id: String,
+    /// The task's id, as written in the DAG file.
+    task: String,
+    /// Print the task as JSON (its attempts, with their stderr, errors and times).
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -269,6 +284,7 @@ async fn client_command(cmd: Command) -> Result<(), ClientError> {
         Command::Dag(a) => a.target.clone(),
         Command::Dags(a) => a.target.clone(),
         Command::Cancel(a) => a.target.clone(),
+        Command::Logs(a) => a.target.clone(),
         Command::Status(a) => a.target.clone(),
         Command::Run(_) | Command::Executor(_) | Command::Keygen(_) => {
             unreachable!("handled in main")
@@ -347,6 +363,15 @@ async fn client_command(cmd: Command) -> Result<(), ClientError> {
             }
             Err(e) => Err(e),
         },
+        Command::Logs(a) => {
+            let task = client.task(&a.id, &a.task).await?;
+            if a.json {
+                print_json(&task);
+            } else {
+                print!("{}", client::render_logs(&a.id, &a.task, &task));
+            }
+            Ok(())
+        }
         Command::Status(a) => {
             let status = client.status().await?;
             if a.json {

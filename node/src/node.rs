@@ -20,6 +20,7 @@ use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::election;
 use crate::executor::{self, Pool, PoolConfig};
+use crate::metrics::Metrics;
 use crate::net;
 use crate::runtime::{self, Runtime};
 use crate::store::{ModuleStore, Store, StoreError};
@@ -179,6 +180,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
         cpu_cores: executor::sizing::cpu_cores(),
     };
 
+    let metrics = Metrics::new();
     let mut tasks = JoinSet::new();
     let (done_tx, done_rx) = mpsc::channel(4096);
     let exe = std::env::current_exe().map_err(NodeError::Exe)?;
@@ -186,6 +188,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
         PoolConfig {
             exe,
             data_dir: dir.clone(),
+            metrics: metrics.clone(),
         },
         sizer,
         done_tx,
@@ -220,6 +223,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
             max_gossip: wire::MAX_GOSSIP,
             request_timeout: std::time::Duration::from_secs(30),
             psk,
+            metrics: metrics.clone(),
         },
         validator,
         net_tx,
@@ -243,6 +247,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
         net_events: net_rx,
         election: election::Params::default(),
         shutdown: shutdown.clone(),
+        metrics: metrics.clone(),
     })?;
     {
         let shutdown = shutdown.clone();
@@ -272,6 +277,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
         modules,
         compiled_dir,
         compile_slots: Arc::new(Semaphore::new(2)),
+        metrics,
     };
     {
         let shutdown = shutdown.clone();

@@ -244,6 +244,133 @@ pub struct DagView {
     /// The node coordinating this DAG (the controller), when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub coordinator: Option<String>,
+    /// Set when the caller asked for a page of tasks (`task_offset`, `task_limit`, `state`,
+    /// `q`, `task`): `tasks` and `order` then hold only that page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page: Option<TaskPage>,
+}
+
+/// Largest page of tasks one request returns.
+pub const MAX_TASK_PAGE: u64 = 1_000;
+/// Longest `q` (task id substring) a query may carry.
+pub const MAX_TASK_QUERY: usize = 256;
+
+/// Which tasks of a DAG to return (`GET /v1/dags/{id}?task_offset=&task_limit=&state=&q=`),
+/// so a page can show a 100,000-task DAG without fetching it whole. Tasks are taken in the
+/// order of the DAG file; the filters apply first, then `offset` and `limit`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct TaskQuery {
+    #[serde(default)]
+    pub offset: u64,
+    /// At most [`MAX_TASK_PAGE`].
+    #[serde(default)]
+    pub limit: u64,
+    /// Only tasks in one of these states (empty: any state).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub states: Vec<TaskState>,
+    /// Only tasks whose id contains this text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub q: Option<String>,
+    /// Only the task with exactly this id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
+    /// Cut `output`, `error` and `stderr` (and attempt errors and stderr) to this many
+    /// characters (a list shows previews; one task is fetched whole).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview: Option<u32>,
+}
+
+/// What a page of tasks holds.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct TaskPage {
+    pub offset: u64,
+    pub limit: u64,
+    /// Tasks that match the filters (the page is a window on them).
+    pub matched: u64,
+    /// Texts were cut to this many characters, if set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview: Option<u32>,
+}
+
+impl TaskQuery {
+    /// Checks a query from a user or a peer: bounded limit and text.
+    pub fn checked(mut self) -> Result<TaskQuery, String> {
+        if self.limit > MAX_TASK_PAGE {
+            return Err(format!(
+                "task_limit {} is above the maximum page of {MAX_TASK_PAGE} tasks",
+                self.limit
+            ));
+        }
+        if self.limit == 0 {
+            self.limit = 100;
+        }
+        for text in [&self.q, &self.task].into_iter().flatten() {
+            if text.len() > MAX_TASK_QUERY {
+                return Err(format!(
+                    "a task query is at most {MAX_TASK_QUERY} bytes, got {}",
+                    text.len()
+                ));
+            }
+        }
+        if self.states.len() > 6 {
+            return Err("at most 6 states in a task query".into());
+        }
+        Ok(self)
+    }
+
+    /// Whether a task passes the filters (not the window).
+    pub fn matches(&self, id: &str, state: TaskState) -> bool {
+        (self.states.is_empty() || self.states.contains(&state))
+            && self.task.as_deref().is_none_or(|t| t == id)
+            && self.q.as_deref().is_none_or(|q| id.contains(q))
+    }
+
+    /// Selects the page from `(id, state)` of every task in DAG order: the positions of the
+    /// tasks on the page, and how many matched in all.
+    pub fn select<'a>(
+        &self,
+        tasks: impl Iterator<Item = (&'a str, TaskState)>,
+    ) -> (Vec<usize>, TaskPage) {
+        let mut picked = Vec::new();
+        let mut matched = 0u64;
+        for (i, (id, state)) in tasks.enumerate() {
+            if !self.matches(id, state) {
+                continue;
+            }
+            if matched >= self.offset && (picked.len() as u64) < self.limit {
+                picked.push(i);
+            }
+            matched += 1;
+        }
+        let page = TaskPage {
+            offset: self.offset,
+            limit: self.limit,
+            matched,
+            preview: self.preview,
+        };
+        (picked, page)
+    }
+
+    /// Cuts a task's texts to `preview` characters, if set.
+    pub fn cut(&self, view: &mut TaskView) {
+        let Some(max) = self.preview else { return };
+        let max = max as usize;
+        let cut = |s: &mut Option<String>| {
+            if let Some(text) = s {
+                if let Some((at, _)) = text.char_indices().nth(max) {
+                    text.truncate(at);
+                    text.push('…');
+                }
+            }
+        };
+        cut(&mut view.output);
+        cut(&mut view.error);
+        cut(&mut view.stderr);
+        for a in &mut view.attempt_log {
+            cut(&mut a.error);
+            cut(&mut a.stderr);
+        }
+    }
 }
 
 /// A line of `dags`.
@@ -410,6 +537,68 @@ mod tests {
             serde_json::to_string(&DagState::Cancelled).expect("serializable"),
             r#""cancelled""#
         );
+    }
+
+    #[test]
+    fn task_query_selects_a_window_of_the_matches() {
+        let tasks = [
+            ("a1", TaskState::Succeeded),
+            ("b1", TaskState::Failed),
+            ("a2", TaskState::Running),
+            ("a3", TaskState::Succeeded),
+            ("b2", TaskState::Succeeded),
+        ];
+        let q = TaskQuery {
+            offset: 1,
+            limit: 2,
+            ..TaskQuery::default()
+        };
+        let (picked, page) = q.select(tasks.iter().map(|(i, s)| (*i, *s)));
+        assert_eq!((picked, page.matched), (vec![1, 2], 5));
+        let q = TaskQuery {
+            states: vec![TaskState::Succeeded],
+            q: Some("a".into()),
+            limit: 10,
+            ..TaskQuery::default()
+        };
+        let (picked, page) = q.select(tasks.iter().map(|(i, s)| (*i, *s)));
+        assert_eq!((picked, page.matched), (vec![0, 3], 2));
+        let q = TaskQuery {
+            task: Some("b2".into()),
+            limit: 1,
+            ..TaskQuery::default()
+        };
+        assert_eq!(q.select(tasks.iter().map(|(i, s)| (*i, *s))).0, vec![4]);
+    }
+
+    #[test]
+    fn task_query_is_bounded_and_cuts_texts_on_char_boundaries() {
+        assert!(TaskQuery {
+            limit: MAX_TASK_PAGE + 1,
+            ..TaskQuery::default()
+        }
+        .checked()
+        .is_err());
+        assert!(TaskQuery {
+            q: Some("x".repeat(MAX_TASK_QUERY + 1)),
+            ..TaskQuery::default()
+        }
+        .checked()
+        .is_err());
+        let q = TaskQuery::default().checked().expect("defaults are fine");
+        assert_eq!(q.limit, 100, "no limit means a page of 100");
+        let q = TaskQuery {
+            preview: Some(3),
+            ..TaskQuery::default()
+        };
+        let mut t = TaskView {
+            output: Some("héllo".into()),
+            stderr: Some("ab".into()),
+            ..TaskView::default()
+        };
+        q.cut(&mut t);
+        assert_eq!(t.output.as_deref(), Some("hél…"));
+        assert_eq!(t.stderr.as_deref(), Some("ab"), "short texts stay whole");
     }
 
     #[test]

@@ -1072,6 +1072,30 @@ impl ValidDag {
             .collect()
     }
 
+    /// Task `task`'s inputs as they were written in the file: `id` for a whole output,
+    /// `${id}` inside a template, `$${` for a literal `${`. Empty if `task` is out of range.
+    pub fn inputs_as_written(&self, task: usize) -> Vec<String> {
+        let Some(t) = self.tasks.get(task) else {
+            return Vec::new();
+        };
+        let id = |i: u32| self.tasks.get(i as usize).map_or("?", |t| t.id.as_str());
+        let escape = |s: &str| s.replace("${", "$${");
+        t.inputs
+            .iter()
+            .map(|input| match input {
+                Input::Literal(s) => escape(s),
+                Input::Output(i) => id(*i).to_owned(),
+                Input::Template(parts) => parts
+                    .iter()
+                    .map(|p| match p {
+                        Part::Text(text) => escape(text),
+                        Part::Output(i) => format!("${{{}}}", id(*i)),
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
     /// For each task, the indices of the tasks that depend on it, ascending.
     pub fn dependents(&self) -> Vec<Vec<u32>> {
         let n = self.tasks.len();
@@ -1330,6 +1354,27 @@ mod tests {
             Ok(dag) => dag,
             Err(e) => panic!("refused: {e}\n---\n{yaml}"),
         }
+    }
+
+    #[test]
+    fn inputs_as_written_round_trip_through_the_parser() {
+        let dag = ok(r#"
+name: t
+tasks:
+  - id: a
+    module: m.wasm
+    inputs: ["plain", "cost $${x}"]
+  - id: b
+    module: m.wasm
+    inputs: ["a", "pre-${a}-post", "x$${y}${a}"]
+    depends_on: [a]
+"#);
+        assert_eq!(dag.inputs_as_written(0), vec!["plain", "cost $${x}"]);
+        assert_eq!(
+            dag.inputs_as_written(1),
+            vec!["a", "pre-${a}-post", "x$${y}${a}"]
+        );
+        assert!(dag.inputs_as_written(7).is_empty());
     }
 
     fn err(yaml: &str) -> DagError {

@@ -20,7 +20,7 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::api::{DagState, DagSummary, DagView, TaskState};
+use crate::api::{DagState, DagSummary, DagView, TaskQuery, TaskState};
 use crate::dag::ValidDag;
 pub use crate::ids::{DagId, ModuleHash, NodeId};
 use crate::wire::{self, CodecError};
@@ -345,6 +345,9 @@ pub enum Request {
         after: Option<u64>,
         #[serde(default)]
         wait_ms: u64,
+        /// Only this page of tasks (checked by the receiver: `TaskQuery::checked`).
+        #[serde(default)]
+        page: Option<TaskQuery>,
     },
     ListDags {
         limit: u32,

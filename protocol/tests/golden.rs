@@ -185,6 +185,7 @@ fn requests() -> Vec<(&'static str, Request)> {
                 tasks: true,
                 after: Some(3),
                 wait_ms: 25_000,
+                page: None,
             },
         ),
         ("request-list-dags", Request::ListDags { limit: 100 }),
@@ -246,6 +247,7 @@ fn responses() -> Vec<(&'static str, Response)> {
         finished_at_ms: Some(2),
         version: 4,
         coordinator: None,
+        page: None,
     };
     vec![
         ("response-ok", Response::Ok),

@@ -7,13 +7,18 @@
 //! POST /v1/dags                SubmitRequest        -> 201 {"id"}            (after it is durable)
 //! GET  /v1/dags?limit=N        -> [DagSummary]
 //! GET  /v1/dags/{id}?tasks=BOOL&after=VERSION&wait_ms=MS -> DagView   (long poll when `after`)
+//!      &task_offset=N&task_limit=N&state=S,S&q=TEXT&task=ID&preview=CHARS -> a page of tasks
 //! POST /v1/dags/{id}/cancel    -> DagView
 //! GET  /v1/status              -> StatusView
+//! GET  /metrics                -> OpenMetrics text (Prometheus)
+//! GET  /  and  /ui/{file}      -> the dashboard (static files built into the binary)
 //! ```
+
+mod ui;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -22,13 +27,16 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use bx3_protocol::api::{ErrorBody, ModuleUploaded, StatusView, SubmitRequest, SubmitResponse};
+use bx3_protocol::api::{
+    ErrorBody, ModuleUploaded, StatusView, SubmitRequest, SubmitResponse, TaskQuery, TaskState,
+};
 use bx3_protocol::dag::parse_dag;
 use bx3_protocol::ids::{DagId, ModuleHash};
 use serde::Deserialize;
 use tokio::sync::Semaphore;
 
 use crate::executor::runtime::Runtime;
+use crate::metrics::Metrics;
 use crate::runtime::{CallError, Handle};
 use crate::store::modules::{is_hash, sha256_hex};
 use crate::store::{ModuleStore, SpecRecord};
@@ -49,6 +57,8 @@ pub struct ApiState {
     pub compiled_dir: PathBuf,
     /// Bounds concurrent module compilations (each takes a CPU for a while).
     pub compile_slots: Arc<Semaphore>,
+    /// The node's metrics, served at `/metrics` (module compile times are recorded here).
+    pub metrics: Metrics,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -67,6 +77,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/dags/{id}", get(get_dag))
         .route("/v1/dags/{id}/cancel", post(cancel))
         .route("/v1/status", get(status))
+        .route("/metrics", get(metrics))
+        .route("/", get(ui::index))
+        .route("/ui/{file}", get(ui::asset))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -194,10 +207,14 @@ async fn put_module(
         })?;
         let dir = st.compiled_dir.clone();
         let (h, b) = (hash.clone(), bytes.clone());
+        let metrics = st.metrics.clone();
         // Compiling is CPU work: off the async threads. It also proves the module is one we
         // can run, so a bad module is refused now, naming the file, not at its first task.
         let checked = tokio::task::spawn_blocking(move || {
-            Runtime::new(dir).and_then(|mut rt| rt.prepare(&h, &b))
+            let began = Instant::now();
+            let r = Runtime::new(dir).and_then(|mut rt| rt.prepare(&h, &b));
+            metrics.module_compiled(began.elapsed());
+            r
         })
         .await
         .map_err(|e| {
@@ -326,6 +343,55 @@ struct DagQuery {
     /// Answer once the DAG's version is above this (or it finished, or `wait_ms` passed).
     after: Option<u64>,
     wait_ms: Option<u64>,
+    /// A page of tasks (any of these set): see [`TaskQuery`].
+    task_offset: Option<u64>,
+    task_limit: Option<u64>,
+    /// Comma-separated task states.
+    state: Option<String>,
+    q: Option<String>,
+    task: Option<String>,
+    preview: Option<u32>,
+}
+
+impl DagQuery {
+    /// The page of tasks asked for, if any, checked.
+    fn page(&self) -> Result<Option<TaskQuery>, ApiError> {
+        if self.task_offset.is_none()
+            && self.task_limit.is_none()
+            && self.state.is_none()
+            && self.q.is_none()
+            && self.task.is_none()
+        {
+            return Ok(None);
+        }
+        let mut states = Vec::new();
+        for s in self.state.iter().flat_map(|s| s.split(',')) {
+            let s = s.trim();
+            if s.is_empty() {
+                continue;
+            }
+            let state: TaskState =
+                serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|_| {
+                    ApiError::bad_request(format!(
+                        "state={s:?} is not a task state (pending, running, succeeded, failed, skipped, cancelled)"
+                    ))
+                })?;
+            if !states.contains(&state) {
+                states.push(state);
+            }
+        }
+        TaskQuery {
+            offset: self.task_offset.unwrap_or(0),
+            limit: self.task_limit.unwrap_or(0),
+            states,
+            q: self.q.clone().filter(|q| !q.is_empty()),
+            task: self.task.clone(),
+            preview: self.preview,
+        }
+        .checked()
+        .map(Some)
+        .map_err(ApiError::bad_request)
+    }
 }
 
 async fn get_dag(
@@ -335,8 +401,14 @@ async fn get_dag(
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     let tasks = q.tasks.unwrap_or(true);
+    let page = q.page()?;
     let wait = Duration::from_millis(q.wait_ms.unwrap_or(30_000)).min(MAX_WAIT);
-    Ok(Json(st.controller.get_after(id, tasks, q.after, wait).await?).into_response())
+    Ok(Json(
+        st.controller
+            .get_page(id, tasks, page, q.after, wait)
+            .await?,
+    )
+    .into_response())
 }
 
 async fn cancel(State(st): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
@@ -346,4 +418,16 @@ async fn cancel(State(st): State<ApiState>, Path(id): Path<String>) -> Result<Re
 
 async fn status(State(st): State<ApiState>) -> Result<Json<StatusView>, ApiError> {
     Ok(Json(st.controller.status().await?))
+}
+
+/// Prometheus scrapes this. Never waits on the controller: the values it shows of the
+/// controller were pushed by the actor (at most a second old).
+async fn metrics(State(st): State<ApiState>) -> Result<Response, ApiError> {
+    let text = st.metrics.encode().map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("could not encode metrics: {e}"),
+        )
+    })?;
+    Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
 }

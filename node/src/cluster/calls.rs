@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use bx3_protocol::api::TaskQuery;
 use bx3_protocol::ids::DagId;
 use bx3_protocol::mesh::{Refusal, Request};
 
@@ -39,6 +40,8 @@ pub enum Call {
     Get {
         id: DagId,
         tasks: bool,
+        /// Only this page of tasks (dashboard, `logs`); `tasks` is then ignored.
+        page: Option<TaskQuery>,
         after: Option<u64>,
         wait_ms: u64,
     },
@@ -63,6 +66,7 @@ impl Call {
             Call::Get {
                 id,
                 tasks,
+                page,
                 after,
                 wait_ms,
             } => Request::GetDag {
@@ -70,6 +74,7 @@ impl Call {
                 tasks: *tasks,
                 after: *after,
                 wait_ms: (*wait_ms).min(FORWARDED_POLL_WAIT_MS),
+                page: page.clone(),
             },
             Call::List { limit } => Request::ListDags {
                 limit: u32::try_from(*limit).unwrap_or(u32::MAX),
@@ -116,6 +121,7 @@ pub struct Poll {
     pub asker: Asker,
     pub id: DagId,
     pub tasks: bool,
+    pub page: Option<TaskQuery>,
     pub after: u64,
     pub deadline_ms: u64,
 }

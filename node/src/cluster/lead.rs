@@ -40,10 +40,11 @@ pub struct Lead {
 }
 
 impl Lead {
-    pub fn new(term: election::Term<NodeId>) -> Lead {
+    /// `stats`: the planner's totals so far (they carry over from an earlier term).
+    pub fn new(term: election::Term<NodeId>, stats: super::planner::Stats) -> Lead {
         Lead {
             term,
-            planner: Planner::new(),
+            planner: Planner::with_stats(stats),
             placements: Placements::default(),
             repl: Leader::default(),
             backoff: HashMap::new(),
@@ -541,10 +542,10 @@ impl Core {
                 }
                 tracing::info!(dag = %id, "DAG cancelled");
                 Ok(self
-                    .view(id, false, reads)?
+                    .view(id, false, None, reads)?
                     .map(|v| Answer::Dag(Box::new(v))))
             }
-            None => Ok(match self.view(id, false, reads)? {
+            None => Ok(match self.view(id, false, None, reads)? {
                 Ok(v) => Err(Refusal::AlreadyFinished {
                     dag: id,
                     state: v.state,

@@ -232,6 +232,9 @@ pub struct Core {
     had_peer_ms: Option<u64>,
     /// Peers this node holds a direct connection to (others are heard of through gossip).
     connected: HashSet<NodeId>,
+    /// The planner's totals from this node's earlier terms as controller (metrics only
+    /// ever grow).
+    planner_stats: planner::Stats,
     stats: Stats,
 }
 
@@ -271,6 +274,7 @@ impl Core {
             gone: HashMap::new(),
             had_peer_ms: None,
             connected: HashSet::new(),
+            planner_stats: planner::Stats::default(),
             stats: Stats::default(),
             cfg,
         }
@@ -303,6 +307,14 @@ impl Core {
             && self
                 .had_peer_ms
                 .is_none_or(|t| self.now.mono_ms.saturating_sub(t) >= ALONE_AFTER_MS)
+    }
+
+    /// The planner's totals (tasks by state entered, DAGs finished by state), over every term
+    /// this node led.
+    pub fn planner_stats(&self) -> planner::Stats {
+        self.lead
+            .as_ref()
+            .map_or(self.planner_stats, |l| l.planner.stats())
     }
 
     /// The controller's working state (planner, placements), if this node is the controller.
@@ -545,7 +557,7 @@ impl Core {
                     lead.term = term;
                     return Ok(());
                 }
-                let mut lead = Lead::new(term.clone());
+                let mut lead = Lead::new(term.clone(), self.planner_stats);
                 let resumed = lead.recover(&self.out.view(reads), self.now.wall_ms)?;
                 tracing::info!(epoch = term.epoch, leader = %self.cfg.me, dags = lead.planner.active_count(),
                     tasks_to_run = resumed, peers = self.members.len(), replica_seq = self.pos.seq,
@@ -576,7 +588,8 @@ impl Core {
     /// answered once another controller has pulled them (sync), or, if this node wins again,
     /// once a follower confirms a batch at or past theirs.
     fn stand_down(&mut self, reads: &dyn Reads) -> Result<(), StoreError> {
-        if self.lead.take().is_some() {
+        if let Some(lead) = self.lead.take() {
+            self.planner_stats = lead.planner.stats();
             for poll in self.calls.take_polls() {
                 self.answer_poll(poll, reads)?;
             }
@@ -775,10 +788,22 @@ impl Core {
                 tasks,
                 after,
                 wait_ms,
+                page,
             } if leader => {
+                // A page query from a peer is bounded like one from a user.
+                let page = match page.map(|q| q.checked()).transpose() {
+                    Ok(page) => page,
+                    Err(e) => {
+                        self.stats.refused += 1;
+                        self.out
+                            .respond(rid, Response::Refused(Refusal::Invalid(e)));
+                        return Ok(());
+                    }
+                };
                 let call = Call::Get {
                     id,
                     tasks,
+                    page,
                     after,
                     wait_ms: wait_ms.min(calls::FORWARDED_POLL_WAIT_MS),
                 };

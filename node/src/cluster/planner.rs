@@ -143,6 +143,17 @@ pub struct Planner {
     rr: VecDeque<DagId>,
     dirty_tasks: HashSet<(DagId, u32)>,
     dirty_runs: HashSet<DagId>,
+    /// What this planner did, for metrics (pure counts, no I/O).
+    stats: Stats,
+}
+
+/// Totals since the planner was made: transitions into each task state (`running` = attempts
+/// handed out, `pending` = attempts put back, the final states = tasks finished) and DAGs
+/// finished by state. Only ever grow.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stats {
+    pub tasks: Counts,
+    pub dags: crate::metrics::DagCounts,
 }
 
 /// What changed since the last `take_dirty`, for the actor to persist.
@@ -167,6 +178,25 @@ impl Planner {
 
     pub fn active_count(&self) -> usize {
         self.runs.len()
+    }
+
+    /// What this planner did (for metrics).
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// An empty planner that goes on counting from `stats` (a node that loses and regains
+    /// the controller role keeps its totals: they only ever grow).
+    pub fn with_stats(stats: Stats) -> Planner {
+        Planner {
+            stats,
+            ..Planner::default()
+        }
+    }
+
+    /// Tasks ready to run, waiting for an executor (the controller's queue depth).
+    pub fn ready_len(&self) -> usize {
+        self.runs.values().map(|r| r.ready.len()).sum()
     }
 
     /// Adds a DAG, new or recovered from the store. Tasks found `running` were interrupted by
@@ -277,6 +307,7 @@ impl Planner {
                 run.meta.counts.remove(t.state);
                 run.meta.counts.add(state);
                 t.state = state;
+                self.stats.tasks.add(state);
                 self.dirty_tasks.insert((id, idx));
             }
         }
@@ -629,6 +660,7 @@ impl Planner {
             run.ready.clear();
             run.meta.state = DagState::Cancelled;
             run.meta.finished_at_ms = Some(now_ms);
+            self.stats.dags.add(DagState::Cancelled);
         }
         self.touch(dag);
         Some(running)
@@ -651,6 +683,7 @@ impl Planner {
             DagState::Succeeded
         };
         run.meta.finished_at_ms = Some(now_ms.unwrap_or(run.meta.created_at_ms));
+        self.stats.dags.add(run.meta.state);
         self.touch(dag);
     }
 
@@ -744,6 +777,30 @@ tasks:
 
     fn drain(p: &mut Planner) -> Vec<Assignment> {
         std::iter::from_fn(|| next(p, "me")).collect()
+    }
+
+    /// The totals behind the metrics: transitions into each state and finished DAGs, kept
+    /// across a planner replaced on take-over.
+    #[test]
+    fn stats_count_transitions_and_survive_a_new_planner() {
+        let mut p = Planner::new();
+        let id = add(&mut p, FANOUT, 1);
+        for a in [drain(&mut p), Vec::new()].concat() {
+            assert!(done(&mut p, id, a.task, a.attempt, Err("boom".into()), 5));
+        }
+        // init failed once (retried), then ran again.
+        let a = drain(&mut p);
+        assert_eq!(a.len(), 1);
+        let s = p.stats();
+        assert_eq!((s.tasks.running, s.tasks.pending), (2, 1));
+        let mut p = Planner::with_stats(s);
+        let id = add(&mut p, FANOUT, 2);
+        let cancelled = p.cancel(id, 9).expect("running DAG");
+        assert!(cancelled.is_empty(), "nothing ran in the new planner yet");
+        let s = p.stats();
+        assert_eq!(s.tasks.running, 2, "kept from the first planner");
+        assert_eq!(s.tasks.cancelled, 4);
+        assert_eq!(s.dags.cancelled, 1);
     }
 
     #[test]

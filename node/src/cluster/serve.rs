@@ -2,7 +2,7 @@
 //! connections churn or an election runs), parked while no controller is known, and long
 //! polls that wait on the controller for a DAG to change.
 
-use bx3_protocol::api::{DagSummary, DagView};
+use bx3_protocol::api::{DagSummary, DagView, TaskQuery};
 use bx3_protocol::ids::DagId;
 use bx3_protocol::mesh::{Refusal, Response};
 
@@ -63,8 +63,17 @@ impl Core {
         why: Refusal,
         reads: &dyn Reads,
     ) -> Result<(), StoreError> {
-        if let Call::Get { id, tasks, .. } = &call {
-            if let Ok(v) = self.local_view(*id, *tasks, reads)? {
+        // A read is answered from this node's replica rather than waiting (a long poll waits:
+        // answering it at once would only make its caller ask again).
+        if let Call::Get {
+            id,
+            tasks,
+            page,
+            after: None,
+            ..
+        } = &call
+        {
+            if let Ok(v) = self.local_view(*id, *tasks, page.as_ref(), reads)? {
                 self.out.answer(asker, Ok(Answer::Dag(Box::new(v))));
                 return Ok(());
             }
@@ -131,18 +140,20 @@ impl Core {
             Call::Get {
                 id,
                 tasks,
+                page,
                 after,
                 wait_ms,
             } => {
                 // What a read shows is on disk: a task shown as done stays done.
                 self.flush(reads)?;
-                let view = self.view(id, tasks, reads)?;
+                let view = self.view(id, tasks, page.as_ref(), reads)?;
                 match (after, view) {
                     (Some(after), Ok(v)) if v.version <= after && !v.state.is_terminal() => {
                         let poll = Poll {
                             asker,
                             id,
                             tasks,
+                            page,
                             after,
                             deadline_ms: self.now.mono_ms + wait_ms.min(MAX_POLL_WAIT_MS),
                         };
@@ -177,7 +188,7 @@ impl Core {
 
     /// Answers a long poll with the DAG as it stands.
     pub(super) fn answer_poll(&mut self, poll: Poll, reads: &dyn Reads) -> Result<(), StoreError> {
-        let view = self.view(poll.id, poll.tasks, reads)?;
+        let view = self.view(poll.id, poll.tasks, poll.page.as_ref(), reads)?;
         self.out
             .answer(poll.asker, view.map(|v| Answer::Dag(Box::new(v))));
         Ok(())
@@ -188,14 +199,15 @@ impl Core {
         &self,
         id: DagId,
         tasks: bool,
+        page: Option<&TaskQuery>,
         reads: &dyn Reads,
     ) -> Result<Result<DagView, Refusal>, StoreError> {
         if let Some(run) = self.lead.as_ref().and_then(|l| l.planner.run(&id)) {
-            let mut v = view::dag_view(id, &run.meta, &run.spec, &run.tasks, tasks);
+            let mut v = view::dag_view(id, &run.meta, &run.spec, &run.tasks, tasks, page);
             v.coordinator = Some(self.cfg.me.to_string());
             return Ok(Ok(v));
         }
-        self.local_view(id, tasks, reads)
+        self.local_view(id, tasks, page, reads)
     }
 
     /// A DAG as this node's own store has it (a follower's replica).
@@ -203,18 +215,19 @@ impl Core {
         &self,
         id: DagId,
         tasks: bool,
+        page: Option<&TaskQuery>,
         reads: &dyn Reads,
     ) -> Result<Result<DagView, Refusal>, StoreError> {
         let view = self.out.view(reads);
         let (Some(meta), Some(spec)) = (view.meta(&id)?, view.spec(&id)?) else {
             return Ok(Err(Refusal::NotFound(format!("DAG {id}"))));
         };
-        let records = if tasks {
+        let records = if tasks || page.is_some() {
             view.tasks(&id, spec.dag.tasks.len())?
         } else {
             Vec::new()
         };
-        Ok(Ok(view::dag_view(id, &meta, &spec, &records, tasks)))
+        Ok(Ok(view::dag_view(id, &meta, &spec, &records, tasks, page)))
     }
 
     /// DAGs newest first, with the controller's live state for active ones.

@@ -1,19 +1,22 @@
 //! What users see of the core's state: DAG views and summaries, built from the planner (on
 //! the controller) or from stored records (a follower's replica).
 
-use bx3_protocol::api::{AttemptView, DagSummary, DagView, TaskView};
-use bx3_protocol::dag::{Input, Part, ValidDag};
+use bx3_protocol::api::{AttemptView, DagSummary, DagView, TaskQuery, TaskView};
+use bx3_protocol::dag::ValidDag;
 use bx3_protocol::ids::DagId;
 
 use crate::store::{AttemptRecord, DagMeta, SpecRecord, TaskRecord};
 
-/// A DAG as users see it; `with_tasks` adds every task.
+/// A DAG as users see it: with all its tasks (`with_tasks`), none, or (`page`) the page of
+/// tasks the query selects. Only the tasks on the page are turned into views, so a page of a
+/// 100,000-task DAG costs a scan of task states, not 100,000 views.
 pub fn dag_view(
     id: DagId,
     meta: &DagMeta,
     spec: &SpecRecord,
     tasks: &[TaskRecord],
     with_tasks: bool,
+    page: Option<&TaskQuery>,
 ) -> DagView {
     let mut view = DagView {
         id: id.to_string(),
@@ -28,9 +31,27 @@ pub fn dag_view(
         finished_at_ms: meta.finished_at_ms,
         version: meta.version,
         coordinator: None,
+        page: None,
     };
-    if with_tasks {
-        let default = TaskRecord::default();
+    let default = TaskRecord::default();
+    if let Some(query) = page {
+        // A task without a record yet is pending (as `Planner::add` reads it).
+        let states = spec.dag.tasks.iter().enumerate().map(|(i, t)| {
+            let state = tasks.get(i).map(|r| r.state).unwrap_or_default();
+            (t.id.as_str(), state)
+        });
+        let (picked, info) = query.select(states);
+        for i in picked {
+            let Some(task) = spec.dag.tasks.get(i) else {
+                continue;
+            };
+            let mut tv = task_view(&spec.dag, i, tasks.get(i).unwrap_or(&default));
+            query.cut(&mut tv);
+            view.order.push(task.id.clone());
+            view.tasks.insert(task.id.clone(), tv);
+        }
+        view.page = Some(info);
+    } else if with_tasks {
         for (i, task) in spec.dag.tasks.iter().enumerate() {
             let rec = tasks.get(i).unwrap_or(&default);
             view.order.push(task.id.clone());
@@ -61,11 +82,7 @@ fn task_view(dag: &ValidDag, i: usize, rec: &TaskRecord) -> TaskView {
         node: rec.node.as_ref().map(ToString::to_string),
         module: task.module.clone(),
         depends_on: task.deps.iter().map(|d| name(*d)).collect(),
-        inputs: task
-            .inputs
-            .iter()
-            .map(|input| as_written(input, &name))
-            .collect(),
+        inputs: dag.inputs_as_written(i),
         stderr: last_finished.and_then(|a| a.stderr.clone()),
         queued_at_ms: last.and_then(|a| a.queued_ms).or(rec.queued_ms),
         started_at_ms: last.and_then(|a| a.started_ms),
@@ -84,22 +101,6 @@ fn attempt_view(a: &AttemptRecord) -> AttemptView {
         finished_at_ms: a.finished_ms,
         error: a.error.clone(),
         stderr: a.stderr.clone(),
-    }
-}
-
-/// An input as the DAG file wrote it (`${id}` for embedded outputs).
-fn as_written(input: &Input, name: &impl Fn(u32) -> String) -> String {
-    let escape = |s: &str| s.replace("${", "$${");
-    match input {
-        Input::Literal(s) => escape(s),
-        Input::Output(i) => name(*i),
-        Input::Template(parts) => parts
-            .iter()
-            .map(|p| match p {
-                Part::Text(t) => escape(t),
-                Part::Output(i) => format!("${{{}}}", name(*i)),
-            })
-            .collect(),
     }
 }
 

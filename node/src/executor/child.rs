@@ -55,8 +55,12 @@ fn handle(runtime: &mut Runtime, modules: &Path, req: &Request) -> Response {
     };
     let start = Instant::now();
     match runtime.run(&req.module_hash, &job) {
-        Ok(Outcome::Success { stdout }) => Response::Success {
+        Ok(Outcome::Success {
             stdout,
+            stderr_tail,
+        }) => Response::Success {
+            stdout,
+            stderr_tail,
             run_us: start.elapsed().as_micros() as u64,
         },
         Ok(Outcome::Exit { code, stderr_tail }) => Response::Exit { code, stderr_tail },

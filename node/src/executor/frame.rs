@@ -29,6 +29,8 @@ pub enum Response {
         #[serde(with = "serde_bytes_compat")]
         stdout: Vec<u8>,
         run_us: u64,
+        #[serde(default)]
+        stderr_tail: String,
     },
     Exit {
         code: u32,

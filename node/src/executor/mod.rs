@@ -28,6 +28,7 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::AttemptOutcome;
 use frame::{Request, Response};
 use sizing::{Capacity, Sizer};
 
@@ -60,7 +61,7 @@ pub fn lower_thread_priority() -> std::io::Result<()> {
 
 /// A task's stdout beyond this fails the task (outputs travel between nodes; see the mesh).
 pub const MAX_OUTPUT: usize = 8 * 1024 * 1024;
-/// How much of a failing task's stderr is kept for its error message.
+/// How much of a task's stderr is kept (for its error message, and in `Done::stderr`).
 pub const STDERR_TAIL: usize = 4 * 1024;
 /// Idle executor processes older than this are stopped.
 const IDLE_RETIRE: Duration = Duration::from_secs(30);
@@ -89,6 +90,9 @@ pub struct Done {
     pub outcome: Result<String, String>,
     /// Time inside the executor for the wasm run itself (successful runs only).
     pub run_us: Option<u64>,
+    /// The tail of the attempt's stderr (at most [`STDERR_TAIL`] bytes), successful or not;
+    /// `None` when it wrote nothing there (or never ran).
+    pub stderr: Option<String>,
 }
 
 /// Handle to the pool dispatcher.
@@ -102,6 +106,8 @@ pub struct PoolConfig {
     /// The bx3-node binary (executors are `bx3-node __executor`).
     pub exe: PathBuf,
     pub data_dir: PathBuf,
+    /// Attempts started and finished here, and how long they took.
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Pool {
@@ -322,22 +328,30 @@ async fn run_job(
     ex: Option<Executor>,
     (config, back, done): (PoolConfig, mpsc::Sender<Back>, mpsc::Sender<Done>),
 ) {
-    let finish = |outcome: Result<String, String>, run_us: Option<u64>| Done {
-        dag: job.dag,
-        task: job.task,
-        attempt: job.attempt,
-        outcome,
-        run_us,
-    };
+    let began = Instant::now();
+    config.metrics.task_started();
+    let metrics = config.metrics.clone();
+    let record = |outcome: AttemptOutcome| metrics.task_finished(outcome, began.elapsed());
+    let finish =
+        |outcome: Result<String, String>, run_us: Option<u64>, stderr: Option<String>| Done {
+            dag: job.dag,
+            task: job.task,
+            attempt: job.attempt,
+            outcome,
+            run_us,
+            stderr,
+        };
     let bytes = match frame::encode(&job.request) {
         Ok(b) => b,
         Err(e) => {
             if let Some(ex) = ex {
                 let _ = back.send(Back::Idle(Box::new(ex))).await;
             }
+            record(AttemptOutcome::failed);
             let _ = done
                 .send(finish(
                     Err(format!("task inputs cannot be sent to an executor: {e}")),
+                    None,
                     None,
                 ))
                 .await;
@@ -352,9 +366,11 @@ async fn run_job(
                 ex
             }
             Err(e) => {
+                record(AttemptOutcome::crashed);
                 let _ = done
                     .send(finish(
                         Err(format!("could not start an executor process: {e}")),
+                        None,
                         None,
                     ))
                     .await;
@@ -371,41 +387,65 @@ async fn run_job(
             Ok(Ok(resp)) => Ended::Response(resp),
         },
     };
-    let (outcome, run_us) = match ended {
+    let (outcome, run_us, stderr) = match ended {
         Ended::Response(resp) => {
             ex.last_used = Instant::now();
             let _ = back.send(Back::Idle(Box::new(ex))).await;
-            describe(&job.module, job.request.memory_bytes, resp)
+            let stderr = stderr_of(&resp);
+            let (outcome, run_us) = describe(&job.module, job.request.memory_bytes, resp);
+            record(if outcome.is_ok() {
+                AttemptOutcome::succeeded
+            } else {
+                AttemptOutcome::failed
+            });
+            (outcome, run_us, stderr)
         }
         Ended::Cancelled => {
             let _ = back.send(Back::Gone(ex.pid)).await;
             ex.kill().await;
-            (Err("cancelled".to_string()), None)
+            record(AttemptOutcome::cancelled);
+            (Err("cancelled".to_string()), None, None)
         }
         Ended::TimedOut => {
             let _ = back.send(Back::Gone(ex.pid)).await;
             ex.kill().await;
+            record(AttemptOutcome::timed_out);
             (
                 Err(format!(
                     "timed out after {} (the task's timeout); the executor was stopped",
                     humantime_short(job.timeout)
                 )),
                 None,
+                None,
             )
         }
         Ended::Broken(e) => {
             let _ = back.send(Back::Gone(ex.pid)).await;
             let how = ex.reap().await;
+            record(AttemptOutcome::crashed);
             tracing::warn!(dag = %job.dag, task = job.task, "executor process died: {how} ({e})");
             (
                 Err(format!(
                     "executor process died while running the task ({how})"
                 )),
                 None,
+                None,
             )
         }
     };
-    let _ = done.send(finish(outcome, run_us)).await;
+    let _ = done.send(finish(outcome, run_us, stderr)).await;
+}
+
+/// The stderr tail an executor reported, if the task wrote any.
+fn stderr_of(resp: &Response) -> Option<String> {
+    let tail = match resp {
+        Response::Success { stderr_tail, .. }
+        | Response::Exit { stderr_tail, .. }
+        | Response::Trap { stderr_tail, .. }
+        | Response::MemoryExceeded { stderr_tail, .. } => stderr_tail,
+        Response::OutputTooLarge { .. } | Response::Error { .. } => return None,
+    };
+    (!tail.is_empty()).then(|| tail.clone())
 }
 
 fn humantime_short(d: Duration) -> String {
@@ -434,7 +474,7 @@ fn describe(
     resp: Response,
 ) -> (Result<String, String>, Option<u64>) {
     match resp {
-        Response::Success { stdout, run_us } => {
+        Response::Success { stdout, run_us, .. } => {
             let text = String::from_utf8_lossy(&stdout);
             (Ok(text.trim_end().to_string()), Some(run_us))
         }
@@ -483,6 +523,7 @@ mod tests {
             Response::Success {
                 stdout: b"hi \n\n".to_vec(),
                 run_us: 1,
+                stderr_tail: String::new(),
             },
         );
         assert_eq!(ok, Ok("hi".to_string()), "trailing whitespace trimmed");
@@ -515,5 +556,20 @@ mod tests {
             },
         );
         assert_eq!(err, Err("could not run m.wasm: nope".to_string()));
+    }
+
+    #[test]
+    fn stderr_is_kept_for_successful_attempts_too() {
+        let ok = Response::Success {
+            stdout: b"out".to_vec(),
+            run_us: 1,
+            stderr_tail: "warning: something odd\n".into(),
+        };
+        assert_eq!(stderr_of(&ok).as_deref(), Some("warning: something odd\n"));
+        let quiet = Response::Exit {
+            code: 1,
+            stderr_tail: String::new(),
+        };
+        assert_eq!(stderr_of(&quiet), None);
     }
 }

@@ -62,8 +62,12 @@ pub struct Job<'a> {
 /// How a run ended (as far as the task is concerned; host problems are [`ExecError`]s).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// `_start` returned, or the task called `proc_exit(0)`.
-    Success { stdout: Vec<u8> },
+    /// `_start` returned, or the task called `proc_exit(0)`. A successful task's stderr
+    /// (warnings, progress) is kept too: people look for it when an output surprises them.
+    Success {
+        stdout: Vec<u8>,
+        stderr_tail: String,
+    },
     /// `proc_exit(code)` with `code != 0`.
     Exit { code: u32, stderr_tail: String },
     /// A wasm trap (unreachable, out-of-bounds access, stack exhausted, ...), `proc_raise`, or
@@ -363,6 +367,7 @@ fn outcome(
         Ok(()) => {
             return Outcome::Success {
                 stdout: ctx.take_stdout(),
+                stderr_tail: ctx.stderr_tail(),
             }
         }
         Err(err) => err,
@@ -371,6 +376,7 @@ fn outcome(
     match ctx.stop() {
         Some(HostStop::Exit(0)) => Outcome::Success {
             stdout: ctx.take_stdout(),
+            stderr_tail,
         },
         Some(HostStop::OutputTooLarge(limit)) => Outcome::OutputTooLarge {
             limit_bytes: *limit,
@@ -951,7 +957,7 @@ mod tests {
 
     fn stdout(o: Outcome) -> Vec<u8> {
         match o {
-            Outcome::Success { stdout } => stdout,
+            Outcome::Success { stdout, .. } => stdout,
             other => panic!("expected success, got {other:?}"),
         }
     }

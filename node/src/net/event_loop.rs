@@ -221,7 +221,7 @@ impl EventLoop {
         // What `with_tcp(tcp, noise, yamux)` builds, plus a handshake timeout, and with a
         // mesh key the pnet handshake (XSalsa20 with the pre-shared key) under everything
         // else: without the key, a peer cannot even start the noise handshake.
-        let mut swarm = SwarmBuilder::with_existing_identity(config.keypair.clone())
+        let builder = SwarmBuilder::with_existing_identity(config.keypair.clone())
             .with_tokio()
             .with_other_transport(|key| {
                 let noise = noise::Config::new(key)
@@ -239,11 +239,16 @@ impl EventLoop {
                     .multiplex(yamux::Config::default())
                     .timeout(HANDSHAKE_TIMEOUT))
             })
-            .map_err(|e| NetError::Config(format!("transport: {e}")))?
+            .map_err(|e| NetError::Config(format!("transport: {e}")))?;
+        // Bytes in and out on the mesh: libp2p's bandwidth counters, in the node's registry.
+        let mut registry = config.metrics.registry();
+        let mut swarm = builder
+            .with_bandwidth_metrics(&mut registry)
             .with_behaviour(|_| behaviour)
             .map_err(|e| match e {})?
             .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
             .build();
+        drop(registry);
 
         for addr in &config.listen {
             swarm

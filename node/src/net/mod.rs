@@ -160,6 +160,8 @@ pub struct Config {
     /// Private mesh: the transport runs behind libp2p `pnet` with this key, so only nodes
     /// holding it complete a connection. `None`: an open mesh.
     pub psk: Option<PreSharedKey>,
+    /// Where libp2p's bandwidth counters (bytes in/out on the mesh) are registered.
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Config {
@@ -177,6 +179,7 @@ impl Config {
             max_gossip: DEFAULT_MAX_GOSSIP,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             psk: None,
+            metrics: crate::metrics::Metrics::new(),
         }
     }
 

@@ -24,7 +24,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bx3_protocol::api::{DagSummary, DagView, StatusView};
+use bx3_protocol::api::{DagSummary, DagView, StatusView, TaskQuery};
 use bx3_protocol::ids::{DagId, NodeId};
 use bx3_protocol::mesh::{self, Refusal, Request, Response};
 use libp2p::PeerId;
@@ -105,11 +105,24 @@ impl Handle {
         after: Option<u64>,
         wait: Duration,
     ) -> Result<DagView, CallError> {
+        self.get_page(id, tasks, None, after, wait).await
+    }
+
+    /// Like `get_after`, with only the page of tasks `page` selects (when set).
+    pub async fn get_page(
+        &self,
+        id: DagId,
+        tasks: bool,
+        page: Option<TaskQuery>,
+        after: Option<u64>,
+        wait: Duration,
+    ) -> Result<DagView, CallError> {
         let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
         match self
             .call(Call::Get {
                 id,
                 tasks,
+                page,
                 after,
                 wait_ms,
             })
@@ -176,6 +189,7 @@ pub struct Parts {
     pub net_events: mpsc::Receiver<net::Event>,
     pub election: crate::election::Params,
     pub shutdown: CancellationToken,
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// A job running on this node's executors.
@@ -212,6 +226,9 @@ pub struct Runtime {
     ram_per_executor_mb: u64,
     /// Bumped after every flush that made something users can see durable.
     changes: watch::Sender<u64>,
+    /// Where `/metrics` reads what the core knows (sampled once a second).
+    metrics: crate::metrics::Metrics,
+    ticks: u64,
     started: Instant,
     shutdown: CancellationToken,
 }
@@ -304,6 +321,8 @@ impl Runtime {
             running: HashMap::new(),
             ram_per_executor_mb: parts.info.ram_per_executor_mb,
             changes: changes_tx,
+            metrics: parts.metrics,
+            ticks: 0,
             started: Instant::now(),
             shutdown: parts.shutdown,
         };
@@ -366,7 +385,13 @@ impl Runtime {
                         }
                     }
                 }
-                _ = tick.tick() => inputs.push(Input::Tick),
+                _ = tick.tick() => {
+                    inputs.push(Input::Tick);
+                    self.ticks += 1;
+                    if self.ticks.is_multiple_of(10) {
+                        self.publish_metrics();
+                    }
+                }
                 Some((call, reply)) = self.calls.recv() => {
                     inputs.push(self.api_call(call, reply));
                     for _ in 0..64 {
@@ -397,6 +422,27 @@ impl Runtime {
         self.store.flush().await
     }
 
+    /// What `/metrics` shows of the core, once a second (a scrape never waits on it).
+    fn publish_metrics(&self) {
+        let mut dags_active = crate::metrics::DagCounts::default();
+        let mut ready = 0;
+        if let Some(lead) = self.core.lead() {
+            for (_, run) in lead.planner.runs() {
+                dags_active.add(run.meta.state);
+            }
+            ready = lead.planner.ready_len();
+        }
+        let stats = self.core.planner_stats();
+        let worker = self.core.worker();
+        self.metrics.observe(crate::metrics::Sample {
+            status: Some(self.core.status()),
+            queue_depth: (ready + worker.backlog()) as u64,
+            task_transitions: stats.tasks,
+            dags_finished: stats.dags,
+            dags_active,
+        });
+    }
+
     fn api_call(&mut self, call: Call, reply: CallReply) -> Input {
         self.next_call += 1;
         self.replies.insert(self.next_call, reply);
@@ -417,7 +463,7 @@ impl Runtime {
             key,
             outcome: done.outcome,
             run_ms,
-            stderr: None,
+            stderr: done.stderr,
         })
     }
 
