@@ -1,38 +1,58 @@
 //! `bx3-node`: run a node (the default) or talk to one.
 //!
+//! The commands come in three kinds, each its own enum, so every `match` is exhaustive:
+//! [`Command::Run`] (the node itself), [`ClientCommand`] (talk to a running node over its HTTP
+//! API) and [`InternalCommand`] (processes the node starts itself; hidden).
+//!
+//! `--config FILE` (or `BX3_CONFIG`) gives defaults for the flags from a YAML file whose keys
+//! are the long flags of `run` (see `config::apply_file`).
+//!
 //! Exit codes: 0 success; 1 a DAG failed or was cancelled (or could not be cancelled because
 //! it had finished); 2 invalid input, usage error, or an unreachable node; 3 the node itself
 //! failed to start or stopped on an error.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
 use bx3_node::client::{self, Client, ClientError};
-use bx3_node::config::RunArgs;
-use clap::{Args, Parser, Subcommand};
+use bx3_node::config::{self, RunArgs};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-#[derive(Parser)]
+#[derive(Parser, Debug)]
 #[command(
     name = "bx3-node",
     version,
     about = "Zero-config peer-to-peer mesh that runs DAGs of WebAssembly tasks",
-    args_conflicts_with_subcommands = true,
     after_help = "With no subcommand, runs a node (same as `bx3-node run`)."
 )]
 struct Cli {
+    /// YAML file of defaults for the flags: its keys are the long flags of `run`
+    /// (`max-executors: 4`); flags and BX3_* variables override it.
+    #[arg(long, global = true, env = "BX3_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
     #[command(flatten)]
     run: RunArgs,
 }
 
-#[derive(Subcommand)]
+#[derive(Subcommand, Debug)]
 enum Command {
     /// Run a node (the default).
     Run(RunArgs),
+    #[command(flatten)]
+    Client(ClientCommand),
+    #[command(flatten)]
+    Internal(InternalCommand),
+}
+
+/// Commands that talk to a running node through its HTTP API.
+#[derive(Subcommand, Debug)]
+enum ClientCommand {
     /// Submit a DAG file; prints its id once it is durably accepted.
     Submit(SubmitArgs),
     /// Show one DAG and its tasks.
@@ -43,15 +63,21 @@ enum Command {
     Cancel(CancelArgs),
     /// Show the node, the controller, executors and peers.
     Status(StatusArgs),
+}
+
+/// Processes the node starts itself.
+#[derive(Subcommand, Debug)]
+enum InternalCommand {
     /// Internal: an executor process (started by the node).
     #[command(name = "__executor", hide = true)]
     Executor(ExecutorArgs),
 }
 
 /// How a client finds its node.
-#[derive(Args, Clone)]
+#[derive(Args, Clone, Debug)]
 struct Target {
-    /// The node's API URL [env: BX3_API; default: <data-dir>/api.addr, else http://127.0.0.1:7420].
+    /// The node's API URL [default: the URL in <data-dir>/api.addr, else
+    /// http://127.0.0.1:7420].
     #[arg(long, env = "BX3_API", value_name = "URL")]
     api: Option<String>,
     /// Data dir of the node to talk to (its api.addr names the URL).
@@ -59,7 +85,7 @@ struct Target {
     data_dir: Option<PathBuf>,
 }
 
-#[derive(Args)]
+#[derive(Args, Debug)]
 struct SubmitArgs {
     /// DAG file (YAML).
     file: PathBuf,
@@ -76,9 +102,11 @@ struct SubmitArgs {
     target: Target,
 }
 
-#[derive(Args)]
+#[derive(Args, Debug)]
 struct DagArgs {
+    /// The DAG's id (as `submit` and `dags` print it).
     id: String,
+    /// Print the DAG as JSON (every task with its state, output and error).
     #[arg(long)]
     json: bool,
     /// Wait for the DAG to finish first; exit 0 if it succeeded, 1 if not.
@@ -88,38 +116,134 @@ struct DagArgs {
     target: Target,
 }
 
-#[derive(Args)]
+#[derive(Args, Debug)]
 struct ListArgs {
+    /// Print the list as JSON.
     #[arg(long)]
     json: bool,
     /// At most this many DAGs.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_name = "N")]
     limit: usize,
     #[command(flatten)]
     target: Target,
 }
 
-#[derive(Args)]
+#[derive(Args, Debug)]
 struct CancelArgs {
+    /// The DAG's id.
     id: String,
+    /// Print the cancelled DAG as JSON.
     #[arg(long)]
     json: bool,
     #[command(flatten)]
     target: Target,
 }
 
-#[derive(Args)]
+#[derive(Args, Debug)]
 struct StatusArgs {
+    /// Print the status as JSON.
     #[arg(long)]
     json: bool,
     #[command(flatten)]
     target: Target,
 }
 
-#[derive(Args)]
+#[derive(Args, Debug)]
 struct ExecutorArgs {
+    /// The node's data dir (modules and the compiled-module cache).
     #[arg(long)]
     data_dir: PathBuf,
+}
+
+/// The clap command with the settings derive cannot express.
+fn cli_command() -> clap::Command {
+    // Values of BX3_* variables are not printed in --help (BX3_API_TOKEN is a secret, and an
+    // empty variable shows up as a confusing `[env: BX3_API=]`).
+    fn hide_env_values(cmd: clap::Command) -> clap::Command {
+        let cmd = cmd.mut_args(|a| a.hide_env_values(true));
+        let names: Vec<String> = cmd
+            .get_subcommands()
+            .map(|s| s.get_name().to_string())
+            .collect();
+        names
+            .into_iter()
+            .fold(cmd, |cmd, name| cmd.mut_subcommand(name, hide_env_values))
+    }
+    hide_env_values(Cli::command())
+}
+
+/// Parses the command line. When a config file is given (`--config FILE` anywhere before a
+/// `--`, or `BX3_CONFIG`), its values become the defaults of the flags first, so `--help`
+/// shows them and flags and variables still override them. Exits on usage errors (code 2).
+fn parse_cli() -> Cli {
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let mut cmd = cli_command();
+    if let Some(path) = config_path(&argv) {
+        cmd = match config::apply_file(cmd, &path) {
+            Ok(cmd) => cmd,
+            Err(e) => {
+                eprintln!("bx3-node: {e}");
+                std::process::exit(2);
+            }
+        };
+    }
+    let matches = cmd
+        .clone()
+        .try_get_matches_from(&argv)
+        .unwrap_or_else(|e| e.exit());
+    if let Some(e) = root_flags_with_subcommand(&cmd, &matches) {
+        e.exit();
+    }
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+/// `--config FILE` / `--config=FILE` (the last one wins, as clap would), else `BX3_CONFIG`.
+/// Found before clap parses, because the file changes what clap parses with; clap then sees
+/// `--config` again as an ordinary (global) flag and checks it.
+fn config_path(argv: &[OsString]) -> Option<PathBuf> {
+    let mut found = None;
+    let mut args = argv.iter().skip(1);
+    while let Some(arg) = args.next() {
+        let Some(s) = arg.to_str() else { continue };
+        if s == "--" {
+            break;
+        } else if s == "--config" {
+            found = args.next().map(PathBuf::from);
+        } else if let Some(v) = s.strip_prefix("--config=") {
+            found = Some(PathBuf::from(v));
+        }
+    }
+    found.or_else(|| {
+        std::env::var_os("BX3_CONFIG")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    })
+}
+
+/// The node's flags are accepted before any subcommand only for a bare `bx3-node` (which is
+/// `run`): `bx3-node --max-executors 2 status` would silently ignore the flag. (clap's
+/// `args_conflicts_with_subcommands` would say so too, but it also refuses the global
+/// `--config` before a subcommand.)
+fn root_flags_with_subcommand(cmd: &clap::Command, m: &clap::ArgMatches) -> Option<clap::Error> {
+    let (sub, _) = m.subcommand()?;
+    let given = cmd
+        .get_arguments()
+        .filter(|a| !a.is_global_set())
+        .find(|a| {
+            m.value_source(a.get_id().as_str()) == Some(clap::parser::ValueSource::CommandLine)
+        })?;
+    let flag = a_flag(given);
+    let mut cmd = cmd.clone();
+    Some(cmd.error(
+        clap::error::ErrorKind::ArgumentConflict,
+        format!("{flag} is a flag of `run`; write it after the subcommand (`bx3-node {sub} {flag} ...`) if `{sub}` has it"),
+    ))
+}
+
+fn a_flag(arg: &clap::Arg) -> String {
+    arg.get_long()
+        .map(|l| format!("--{l}"))
+        .unwrap_or_else(|| arg.get_id().to_string())
 }
 
 fn init_tracing(default: &str) {
@@ -133,39 +257,18 @@ fn init_tracing(default: &str) {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse_cli();
     match cli.command {
         None => run_node(cli.run),
         Some(Command::Run(args)) => run_node(args),
-        Some(Command::Executor(args)) => {
+        Some(Command::Client(cmd)) => run_client(cmd),
+        Some(Command::Internal(InternalCommand::Executor(args))) => {
             init_tracing("warn");
             match bx3_node::executor::child::serve(&args.data_dir) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("bx3-node executor: {e}");
                     ExitCode::from(3)
-                }
-            }
-        }
-        Some(cmd) => {
-            init_tracing("warn");
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("bx3-node: cannot start the async runtime: {e}");
-                    return ExitCode::from(3);
-                }
-            };
-            match rt.block_on(client_command(cmd)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    if !matches!(e, ClientError::DagDidNotSucceed { .. }) {
-                        eprintln!("bx3-node: {e}");
-                    }
-                    ExitCode::from(e.exit_code())
                 }
             }
         }
@@ -228,6 +331,29 @@ async fn stop_on_signal(shutdown: CancellationToken) {
     shutdown.cancel();
 }
 
+fn run_client(cmd: ClientCommand) -> ExitCode {
+    init_tracing("warn");
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bx3-node: cannot start the async runtime: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    match rt.block_on(client_command(cmd)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if !matches!(e, ClientError::DagDidNotSucceed { .. }) {
+                eprintln!("bx3-node: {e}");
+            }
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
 fn print_json<T: serde::Serialize>(value: &T) {
     match serde_json::to_string_pretty(value) {
         Ok(s) => println!("{s}"),
@@ -235,21 +361,26 @@ fn print_json<T: serde::Serialize>(value: &T) {
     }
 }
 
-async fn client_command(cmd: Command) -> Result<(), ClientError> {
-    let target = match &cmd {
-        Command::Submit(a) => a.target.clone(),
-        Command::Dag(a) => a.target.clone(),
-        Command::Dags(a) => a.target.clone(),
-        Command::Cancel(a) => a.target.clone(),
-        Command::Status(a) => a.target.clone(),
-        Command::Run(_) | Command::Executor(_) => unreachable!("handled in main"),
-    };
+impl ClientCommand {
+    fn target(&self) -> &Target {
+        match self {
+            ClientCommand::Submit(a) => &a.target,
+            ClientCommand::Dag(a) => &a.target,
+            ClientCommand::Dags(a) => &a.target,
+            ClientCommand::Cancel(a) => &a.target,
+            ClientCommand::Status(a) => &a.target,
+        }
+    }
+}
+
+async fn client_command(cmd: ClientCommand) -> Result<(), ClientError> {
+    let target = cmd.target();
     let client = Client::new(client::resolve_api(
         target.api.as_deref(),
         target.data_dir.as_deref(),
     )?);
     match cmd {
-        Command::Submit(a) => {
+        ClientCommand::Submit(a) => {
             let id = client.submit_file(&a.file, a.modules.as_deref()).await?;
             if !a.wait {
                 if a.json {
@@ -270,7 +401,7 @@ async fn client_command(cmd: Command) -> Result<(), ClientError> {
             }
             client::outcome(&view)
         }
-        Command::Dag(a) => {
+        ClientCommand::Dag(a) => {
             let view = if a.wait {
                 client.wait(&a.id, a.json).await?
             } else {
@@ -287,7 +418,7 @@ async fn client_command(cmd: Command) -> Result<(), ClientError> {
                 Ok(())
             }
         }
-        Command::Dags(a) => {
+        ClientCommand::Dags(a) => {
             let list = client.dags(a.limit).await?;
             if a.json {
                 print_json(&list);
@@ -296,7 +427,7 @@ async fn client_command(cmd: Command) -> Result<(), ClientError> {
             }
             Ok(())
         }
-        Command::Cancel(a) => match client.cancel(&a.id).await {
+        ClientCommand::Cancel(a) => match client.cancel(&a.id).await {
             Ok(view) => {
                 if a.json {
                     print_json(&view);
@@ -314,7 +445,7 @@ async fn client_command(cmd: Command) -> Result<(), ClientError> {
             }
             Err(e) => Err(e),
         },
-        Command::Status(a) => {
+        ClientCommand::Status(a) => {
             let status = client.status().await?;
             if a.json {
                 print_json(&status);
@@ -323,6 +454,116 @@ async fn client_command(cmd: Command) -> Result<(), ClientError> {
             }
             Ok(())
         }
-        Command::Run(_) | Command::Executor(_) => unreachable!("handled in main"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every argument and flag of every command says what it is for in `--help`.
+    #[test]
+    fn every_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                if arg.is_hide_set() || matches!(arg.get_id().as_str(), "help" | "version") {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            for sc in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+                if sc.get_about().is_none() && sc.get_name() != "help" {
+                    missing.push(format!("{path} {} (no about)", sc.get_name()));
+                }
+                walk(sc, &format!("{path} {}", sc.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&cli_command(), "bx3-node", &mut missing);
+        assert!(missing.is_empty(), "arguments without help: {missing:?}");
+    }
+
+    /// `run`'s flags are the config file's keys; each must also be settable by a BX3_*
+    /// variable (README promises it), so a new flag is all three at once.
+    #[test]
+    fn every_node_flag_has_a_variable_and_is_a_config_key() {
+        let cmd = cli_command();
+        let keys = config::config_keys(&cmd);
+        assert!(keys.len() >= 8, "{} keys", keys.len());
+        for arg in keys {
+            let env = arg.get_env().and_then(|e| e.to_str()).unwrap_or("");
+            assert!(
+                env.starts_with("BX3_"),
+                "--{} has no BX3_* variable",
+                arg.get_long().unwrap_or("?")
+            );
+        }
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        cli_command().debug_assert();
+    }
+
+    fn parse_with(yaml: &str, argv: &[&str]) -> Result<Cli, String> {
+        let cmd = config::apply_yaml(cli_command(), std::path::Path::new("t.yaml"), yaml)
+            .map_err(|e| e.to_string())?;
+        let m = cmd.try_get_matches_from(argv).map_err(|e| e.to_string())?;
+        Cli::from_arg_matches(&m).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn config_file_sets_defaults_that_flags_override() {
+        let yaml = "max-executors: 3\nno_mdns: true\npeer: [/ip4/127.0.0.1/tcp/1, /ip4/127.0.0.1/tcp/2]\napi: 127.0.0.1:7999\n";
+        let cli = parse_with(yaml, &["bx3-node", "run"]).expect("parses");
+        let Some(Command::Run(run)) = cli.command else {
+            panic!("run")
+        };
+        assert_eq!(run.max_executors, Some(3));
+        assert!(run.no_mdns);
+        assert_eq!(run.peer.len(), 2);
+        // A bare `bx3-node` is `run` and takes the file too.
+        let cli = parse_with(yaml, &["bx3-node"]).expect("parses");
+        assert_eq!(cli.run.max_executors, Some(3));
+        // A flag wins over the file.
+        let cli = parse_with(yaml, &["bx3-node", "run", "--max-executors", "5"]).expect("ok");
+        let Some(Command::Run(run)) = cli.command else {
+            panic!("run")
+        };
+        assert_eq!(run.max_executors, Some(5));
+        // A client command reading the same variable (BX3_API) shares the key.
+        let cli = parse_with(yaml, &["bx3-node", "status"]).expect("parses");
+        let Some(Command::Client(ClientCommand::Status(s))) = cli.command else {
+            panic!("status")
+        };
+        assert_eq!(s.target.api.as_deref(), Some("127.0.0.1:7999"));
+    }
+
+    #[test]
+    fn config_file_refuses_unknown_keys_and_bad_values_naming_them() {
+        let err = parse_with("max_executor: 3\n", &["bx3-node"]).expect_err("unknown");
+        assert!(
+            err.contains("max_executor") && err.contains("did you mean \"max-executors\""),
+            "{err}"
+        );
+        let err = parse_with("max-executors: lots\n", &["bx3-node"]).expect_err("bad value");
+        assert!(
+            err.contains("max-executors") && err.contains("lots"),
+            "{err}"
+        );
+        let err = parse_with("api: [a, b]\n", &["bx3-node"]).expect_err("list");
+        assert!(err.contains("api") && err.contains("one value"), "{err}");
+        let err = parse_with("no-mdns: yes please\n", &["bx3-node"]).expect_err("switch");
+        assert!(
+            err.contains("no-mdns") && err.contains("true or false"),
+            "{err}"
+        );
+        let err = parse_with("config: other.yaml\n", &["bx3-node"]).expect_err("nested");
+        assert!(err.contains("unknown key"), "{err}");
+        let err = parse_with("- a\n- b\n", &["bx3-node"]).expect_err("not a mapping");
+        assert!(err.contains("mapping"), "{err}");
+        assert!(parse_with("# nothing here\n", &["bx3-node"]).is_ok());
     }
 }
