@@ -47,6 +47,8 @@ enum Command {
     #[command(flatten)]
     Client(ClientCommand),
     #[command(flatten)]
+    Tool(ToolCommand),
+    #[command(flatten)]
     Internal(InternalCommand),
 }
 
@@ -63,6 +65,15 @@ enum ClientCommand {
     Cancel(CancelArgs),
     /// Show the node, the controller, executors and peers.
     Status(StatusArgs),
+}
+
+/// Commands that work on this machine alone, no node needed.
+#[derive(Subcommand, Debug)]
+enum ToolCommand {
+    /// Run a task module here, exactly as a node's executor would, and print its output.
+    Exec(ExecArgs),
+    /// Check that modules fit the task ABI (what a node would refuse, and why).
+    Check(CheckArgs),
 }
 
 /// Processes the node starts itself.
@@ -146,6 +157,83 @@ struct StatusArgs {
     json: bool,
     #[command(flatten)]
     target: Target,
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = "\
+Exit codes: 0 the task succeeded; 1 it failed (non-zero exit, trap, timeout, memory or output \
+limit); 2 the module or an option is refused; 3 no executor could be started.
+With --json, stdout holds one JSON object: state, output, error, ended, exit_status, stderr, \
+prepare_ms, run_ms, wall_ms.")]
+struct ExecArgs {
+    /// The module (.wasm); argv[0] is its file name, as `module:` names it in a DAG.
+    module: PathBuf,
+    /// The task's inputs (argv[1..]); everything after the module is an input, `-5` too.
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "INPUTS"
+    )]
+    inputs: Vec<String>,
+    /// The task's stdin, as the DAG's `stdin:` field [default: empty].
+    #[arg(long, value_name = "TEXT", conflicts_with = "stdin_file")]
+    stdin: Option<String>,
+    /// Read the task's stdin from this file (`-`: this command's own stdin).
+    #[arg(long, value_name = "FILE")]
+    stdin_file: Option<PathBuf>,
+    /// An environment variable of the task, as the DAG's `env:` (repeatable).
+    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE", value_parser = parse_env_pair)]
+    env: Vec<(String, String)>,
+    /// The task's memory limit in MB, as the DAG's `memory:`.
+    #[arg(long, value_name = "MB", default_value_t = config::DEFAULT_RAM_PER_EXECUTOR_MB,
+          value_parser = clap::value_parser!(u64).range(1..=bx3_protocol::dag::MAX_MEMORY_MB))]
+    memory: u64,
+    /// The task's timeout, as the DAG's `timeout:` ("30s", "2m", "500ms", or seconds).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_timeout)]
+    timeout: Duration,
+    /// Print the result as JSON on stdout (also when the task fails).
+    #[arg(long)]
+    json: bool,
+    /// Keep the module and its compiled code here between runs [default: the platform cache
+    /// dir, e.g. ~/.cache/bx3/exec].
+    #[arg(long, env = "BX3_EXEC_CACHE", value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = "\
+Errors are what a node would refuse at upload; warnings are what the module may trip over when it \
+runs (WASI calls bx3 answers with ENOSYS, an initial memory above the executor size). Exit codes: \
+0 every module passes (with --strict: and has no warning); 2 otherwise.")]
+struct CheckArgs {
+    /// Module files (.wasm).
+    #[arg(required = true, value_name = "MODULE")]
+    modules: Vec<PathBuf>,
+    /// Count warnings as errors (CI uses this for the committed modules).
+    #[arg(long)]
+    strict: bool,
+    /// Executor size (MB) to compare each module's initial memory with.
+    #[arg(long, value_name = "MB", default_value_t = config::DEFAULT_RAM_PER_EXECUTOR_MB)]
+    memory: u64,
+    /// Print one JSON object per module (a JSON array) instead of lines.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_env_pair(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
+}
+
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let t = bx3_protocol::dag::Timeout::parse(s).map_err(|e| e.to_string())?;
+    let ms = t.as_millis();
+    if ms == 0 || ms > bx3_protocol::dag::MAX_TIMEOUT_MS {
+        return Err(format!("{s:?} is not between 1 ms and 24 h"));
+    }
+    Ok(t.duration())
 }
 
 #[derive(Args, Debug)]
@@ -262,6 +350,8 @@ fn main() -> ExitCode {
         None => run_node(cli.run),
         Some(Command::Run(args)) => run_node(args),
         Some(Command::Client(cmd)) => run_client(cmd),
+        Some(Command::Tool(ToolCommand::Exec(args))) => run_exec(args),
+        Some(Command::Tool(ToolCommand::Check(args))) => run_check(&args),
         Some(Command::Internal(InternalCommand::Executor(args))) => {
             init_tracing("warn");
             match bx3_node::executor::child::serve(&args.data_dir) {
@@ -351,6 +441,160 @@ fn run_client(cmd: ClientCommand) -> ExitCode {
             }
             ExitCode::from(e.exit_code())
         }
+    }
+}
+
+fn run_exec(args: ExecArgs) -> ExitCode {
+    use bx3_node::executor::local;
+    init_tracing("warn");
+    let fail = |code: u8, message: String| {
+        if args.json {
+            print_json(&serde_json::json!({ "error": message, "exit_code": code }));
+        } else {
+            eprintln!("bx3-node: {message}");
+        }
+        ExitCode::from(code)
+    };
+    let wasm = match read_module(&args.module) {
+        Ok(b) => b,
+        Err(e) => return fail(2, e),
+    };
+    let stdin = match (&args.stdin, &args.stdin_file) {
+        (Some(text), _) => text.clone().into_bytes(),
+        (None, Some(path)) if path.as_os_str() == "-" => {
+            let mut buf = Vec::new();
+            if let Err(e) = std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf) {
+                return fail(2, format!("cannot read stdin: {e}"));
+            }
+            buf
+        }
+        (None, Some(path)) => match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) => return fail(2, format!("cannot read {}: {e}", path.display())),
+        },
+        (None, None) => Vec::new(),
+    };
+    let exe = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => return fail(3, format!("cannot find the bx3-node executable: {e}")),
+    };
+    let cache = match args.cache_dir.clone().or_else(local::default_cache_dir) {
+        Some(dir) => dir,
+        None => std::env::temp_dir().join(format!("bx3-exec-{}", std::process::id())),
+    };
+    // Later --env values win, as later keys of a YAML map would.
+    let mut env: std::collections::BTreeMap<String, String> = Default::default();
+    env.extend(args.env.iter().cloned());
+    let task = local::LocalTask {
+        name: args
+            .module
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "module.wasm".into()),
+        wasm,
+        inputs: args.inputs.clone(),
+        env: env.into_iter().collect(),
+        stdin,
+        memory_mb: args.memory,
+        timeout: args.timeout,
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(3, format!("cannot start the async runtime: {e}")),
+    };
+    let result = match rt.block_on(local::exec(&exe, &cache, task)) {
+        Ok(r) => r,
+        Err(e) => return fail(e.exit_code(), e.to_string()),
+    };
+    let code = if result.succeeded() { 0 } else { 1 };
+    if args.json {
+        print_json(&result);
+    } else {
+        if let Some(stderr) = &result.stderr {
+            eprint!("{stderr}");
+            if !stderr.ends_with('\n') {
+                eprintln!();
+            }
+        }
+        match (&result.output, &result.error) {
+            (Some(output), _) => println!("{output}"),
+            (None, Some(error)) => eprintln!("bx3-node: {} failed: {error}", args.module.display()),
+            (None, None) => {}
+        }
+    }
+    ExitCode::from(code)
+}
+
+/// A module file, refused (without reading it) above the size a node accepts.
+fn read_module(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let limit = bx3_node::api::MAX_MODULE_BYTES as u64;
+    let file =
+        std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if bytes.len() as u64 > limit {
+        return Err(format!(
+            "{} is larger than the {} MiB a node accepts for a module",
+            path.display(),
+            limit >> 20
+        ));
+    }
+    Ok(bytes)
+}
+
+fn run_check(args: &CheckArgs) -> ExitCode {
+    use bx3_node::executor::local;
+    let mut reports = Vec::new();
+    for path in &args.modules {
+        let file = path.display().to_string();
+        let report = match read_module(path) {
+            Ok(wasm) => local::check(&file, &wasm, args.memory),
+            Err(e) => local::CheckReport {
+                file,
+                size: 0,
+                ok: false,
+                errors: vec![e],
+                warnings: Vec::new(),
+                imports: Vec::new(),
+                initial_memory_mb: None,
+            },
+        };
+        reports.push(report);
+    }
+    let passed = |r: &local::CheckReport| r.ok && (!args.strict || r.warnings.is_empty());
+    if args.json {
+        print_json(&reports);
+    } else {
+        let width = reports.iter().map(|r| r.file.len()).max().unwrap_or(0);
+        for r in &reports {
+            let verdict = if passed(r) { "ok" } else { "FAILED" };
+            println!(
+                "{:<width$}  {verdict:<6}  {:>9} bytes  {} WASI imports{}",
+                r.file,
+                r.size,
+                r.imports.len(),
+                r.initial_memory_mb
+                    .map(|m| format!(", {m} MB initial memory"))
+                    .unwrap_or_default()
+            );
+            for e in &r.errors {
+                println!("{:<width$}  error: {e}", "");
+            }
+            for w in &r.warnings {
+                println!("{:<width$}  warning: {w}", "");
+            }
+        }
+    }
+    if reports.iter().all(passed) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
     }
 }
 

@@ -159,7 +159,10 @@ async fn put_module(
         if let Err(e) = checked {
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                format!("{name} is not a usable WASI module: {e}"),
+                format!(
+                    "{name} is not a usable WASI module: {}",
+                    crate::executor::local::one_line(&e)
+                ),
             ));
         }
         st.modules.put(&bytes).map_err(|e| {

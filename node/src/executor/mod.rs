@@ -14,6 +14,7 @@
 
 pub mod child;
 pub mod frame;
+pub mod local;
 pub mod runtime;
 pub mod sizing;
 pub mod wasi;
