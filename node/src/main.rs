@@ -55,7 +55,7 @@ enum Command {
 /// Commands that talk to a running node through its HTTP API.
 #[derive(Subcommand, Debug)]
 enum ClientCommand {
-    /// Submit a DAG file; prints its id once it is durably accepted.
+    /// Submit a DAG file (`-`: standard input); prints its id once it is durably accepted.
     Submit(SubmitArgs),
     /// Show one DAG and its tasks.
     Dag(DagArgs),
@@ -74,6 +74,28 @@ enum ToolCommand {
     Exec(ExecArgs),
     /// Check that modules fit the task ABI (what a node would refuse, and why).
     Check(CheckArgs),
+    /// Print this binary's version (wasm engine, target, protocols).
+    Version(VersionArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(after_help = "\
+Install, for example:
+  bash: bx3-node completions bash > ~/.local/share/bash-completion/completions/bx3-node
+  zsh:  bx3-node completions zsh > ~/.zfunc/_bx3-node   (with fpath+=~/.zfunc in ~/.zshrc)
+  fish: bx3-node completions fish > ~/.config/fish/completions/bx3-node.fish")]
+    Completions(CompletionsArgs),
+}
+
+#[derive(Args, Debug)]
+struct VersionArgs {
+    /// Print the version as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct CompletionsArgs {
+    /// The shell to complete for.
+    shell: clap_complete::Shell,
 }
 
 /// Processes the node starts itself.
@@ -98,7 +120,8 @@ struct Target {
 
 #[derive(Args, Debug)]
 struct SubmitArgs {
-    /// DAG file (YAML).
+    /// DAG file (YAML); `-` reads it from standard input (modules are then looked up from
+    /// the current directory).
     file: PathBuf,
     /// Wait for the DAG to finish, showing progress; exit 0 if it succeeded, 1 if not.
     #[arg(long)]
@@ -115,7 +138,8 @@ struct SubmitArgs {
 
 #[derive(Args, Debug)]
 struct DagArgs {
-    /// The DAG's id (as `submit` and `dags` print it).
+    /// The DAG's id (as `submit` and `dags` print it), or a unique prefix of it (at least 4
+    /// hex digits, like a short git hash).
     id: String,
     /// Print the DAG as JSON (every task with its state, output and error).
     #[arg(long)]
@@ -141,7 +165,7 @@ struct ListArgs {
 
 #[derive(Args, Debug)]
 struct CancelArgs {
-    /// The DAG's id.
+    /// The DAG's id, or a unique prefix of it (at least 4 hex digits).
     id: String,
     /// Print the cancelled DAG as JSON.
     #[arg(long)]
@@ -275,14 +299,34 @@ fn parse_cli() -> Cli {
             }
         };
     }
+    let json = argv.iter().any(|a| a == "--json");
     let matches = cmd
         .clone()
         .try_get_matches_from(&argv)
-        .unwrap_or_else(|e| e.exit());
+        .unwrap_or_else(|e| usage_exit(e, json));
     if let Some(e) = root_flags_with_subcommand(&cmd, &matches) {
-        e.exit();
+        usage_exit(e, json);
     }
-    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| usage_exit(e, json))
+}
+
+/// clap's exit for help, version and usage errors; with `--json`, a usage error is a JSON
+/// document on stdout like any other error (exit 2).
+fn usage_exit(e: clap::Error, json: bool) -> ! {
+    use clap::error::ErrorKind;
+    let informational = matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    );
+    if json && !informational {
+        let rendered = e.render().to_string();
+        let first = rendered.lines().next().unwrap_or("usage error");
+        print_json_error(first.trim_start_matches("error: "), "usage", 2);
+        std::process::exit(2);
+    }
+    e.exit()
 }
 
 /// `--config FILE` / `--config=FILE` (the last one wins, as clap would), else `BX3_CONFIG`.
@@ -352,6 +396,19 @@ fn main() -> ExitCode {
         Some(Command::Client(cmd)) => run_client(cmd),
         Some(Command::Tool(ToolCommand::Exec(args))) => run_exec(args),
         Some(Command::Tool(ToolCommand::Check(args))) => run_check(&args),
+        Some(Command::Tool(ToolCommand::Version(args))) => {
+            print_version(args.json);
+            ExitCode::SUCCESS
+        }
+        Some(Command::Tool(ToolCommand::Completions(args))) => {
+            clap_complete::generate(
+                args.shell,
+                &mut cli_command(),
+                "bx3-node",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
+        }
         Some(Command::Internal(InternalCommand::Executor(args))) => {
             init_tracing("warn");
             match bx3_node::executor::child::serve(&args.data_dir) {
@@ -390,10 +447,27 @@ fn run_node(args: RunArgs) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("bx3-node: {e:#}");
+            eprintln!("bx3-node: {}", error_chain(&e));
             ExitCode::from(3)
         }
     }
+}
+
+/// The whole cause chain (`{:#}`), skipping a cause whose text the message already holds:
+/// errors that print their source in their own message would otherwise say it twice.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 async fn stop_on_signal(shutdown: CancellationToken) {
@@ -433,10 +507,15 @@ fn run_client(cmd: ClientCommand) -> ExitCode {
             return ExitCode::from(3);
         }
     };
+    let json = cmd.json();
     match rt.block_on(client_command(cmd)) {
         Ok(()) => ExitCode::SUCCESS,
+        // The DAG itself was printed (state failed or cancelled): that is the answer.
+        Err(e @ ClientError::DagDidNotSucceed { .. }) => ExitCode::from(e.exit_code()),
         Err(e) => {
-            if !matches!(e, ClientError::DagDidNotSucceed { .. }) {
+            if json {
+                print_json_error(&e.to_string(), e.kind(), e.exit_code());
+            } else {
                 eprintln!("bx3-node: {e}");
             }
             ExitCode::from(e.exit_code())
@@ -444,12 +523,22 @@ fn run_client(cmd: ClientCommand) -> ExitCode {
     }
 }
 
+/// With `--json`, stdout holds exactly one JSON document, also when the command fails:
+/// `{"error": "...", "kind": "...", "exit_code": N}` (the exit code is the process's too).
+fn print_json_error(message: &str, kind: &str, exit_code: u8) {
+    print_json(&serde_json::json!({
+        "error": message,
+        "kind": kind,
+        "exit_code": exit_code,
+    }));
+}
+
 fn run_exec(args: ExecArgs) -> ExitCode {
     use bx3_node::executor::local;
     init_tracing("warn");
     let fail = |code: u8, message: String| {
         if args.json {
-            print_json(&serde_json::json!({ "error": message, "exit_code": code }));
+            print_json_error(&message, if code == 2 { "input" } else { "local" }, code);
         } else {
             eprintln!("bx3-node: {message}");
         }
@@ -526,6 +615,27 @@ fn run_exec(args: ExecArgs) -> ExitCode {
         }
     }
     ExitCode::from(code)
+}
+
+fn print_version(json: bool) {
+    let version = env!("CARGO_PKG_VERSION");
+    let wasmer = bx3_node::executor::runtime::WASMER_VERSION;
+    let target = format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS);
+    let (rpc, gossip) = (bx3_node::net::RPC_PROTOCOL, bx3_node::net::GOSSIP_TOPIC);
+    if json {
+        print_json(&serde_json::json!({
+            "version": version,
+            "wasmer": wasmer,
+            "target": target,
+            "rpc_protocol": rpc,
+            "gossip_topic": gossip,
+        }));
+    } else {
+        println!("bx3-node {version}");
+        println!("  wasm engine  wasmer {wasmer} (cranelift)");
+        println!("  target       {target}");
+        println!("  protocols    {rpc}, gossip {gossip}");
+    }
 }
 
 /// A module file, refused (without reading it) above the size a node accepts.
@@ -606,6 +716,17 @@ fn print_json<T: serde::Serialize>(value: &T) {
 }
 
 impl ClientCommand {
+    /// Whether the user asked for JSON (then errors are JSON too).
+    fn json(&self) -> bool {
+        match self {
+            ClientCommand::Submit(a) => a.json,
+            ClientCommand::Dag(a) => a.json,
+            ClientCommand::Dags(a) => a.json,
+            ClientCommand::Cancel(a) => a.json,
+            ClientCommand::Status(a) => a.json,
+        }
+    }
+
     fn target(&self) -> &Target {
         match self {
             ClientCommand::Submit(a) => &a.target,
@@ -634,10 +755,11 @@ async fn client_command(cmd: ClientCommand) -> Result<(), ClientError> {
                 }
                 return Ok(());
             }
+            let mut interrupt = client::Interrupt::new();
             if !a.json {
                 eprintln!("submitted {} as {id}", a.file.display());
             }
-            let view = client.wait(&id, false).await?;
+            let view = client.wait(&id, false, &mut interrupt).await?;
             if a.json {
                 print_json(&view);
             } else {
@@ -647,7 +769,9 @@ async fn client_command(cmd: ClientCommand) -> Result<(), ClientError> {
         }
         ClientCommand::Dag(a) => {
             let view = if a.wait {
-                client.wait(&a.id, a.json).await?
+                client
+                    .wait(&a.id, a.json, &mut client::Interrupt::new())
+                    .await?
             } else {
                 client.dag(&a.id, true, None, Duration::ZERO).await?
             };
@@ -681,11 +805,7 @@ async fn client_command(cmd: ClientCommand) -> Result<(), ClientError> {
                 Ok(())
             }
             Err(ClientError::Api(m)) if m.contains("already finished") => {
-                eprintln!("bx3-node: {m}");
-                Err(ClientError::DagDidNotSucceed {
-                    id: a.id,
-                    state: "could not be cancelled",
-                })
+                Err(ClientError::NotCancelled(m))
             }
             Err(e) => Err(e),
         },
@@ -744,6 +864,20 @@ mod tests {
                 arg.get_long().unwrap_or("?")
             );
         }
+    }
+
+    #[test]
+    fn error_chains_do_not_repeat_themselves() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot listen: {source}")]
+        struct Outer {
+            source: std::io::Error,
+        }
+        let io = std::io::Error::from(std::io::ErrorKind::AddrInUse);
+        let shown = error_chain(&anyhow::Error::from(Outer { source: io }));
+        assert_eq!(shown.matches("in use").count(), 1, "{shown}");
+        let plain = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(error_chain(&plain), "outer: inner");
     }
 
     #[test]

@@ -148,3 +148,336 @@ fn check_says_whether_modules_fit_the_abi() {
         .as_str()
         .is_some_and(|w| w.contains("ENOSYS")));
 }
+
+/// `bx3-node ARGS` with `input` on its stdin, bounded.
+fn bx3_stdin(args: &[&str], input: &str, dir: &Path) -> Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .env_remove("BX3_API")
+        .env_remove("BX3_DATA_DIR")
+        .env_remove("BX3_CONFIG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(input.as_bytes()).expect("write stdin");
+    drop(stdin);
+    let pid = child.id();
+    let waiter = std::thread::spawn(move || child.wait_with_output());
+    let deadline = std::time::Instant::now() + MIN;
+    while !waiter.is_finished() {
+        if std::time::Instant::now() > deadline {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("bx3-node {args:?} did not finish within {MIN:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    waiter.join().expect("waiter").expect("output")
+}
+
+/// Papercuts: `--version`/`version`, completions, help without doubled env, and usage
+/// errors as JSON when `--json` was asked for.
+#[test]
+fn version_completions_help_and_usage_errors() {
+    let out = bx3(&["--version"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stdout).starts_with("bx3-node 0."),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = bx3(&["version", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(v["rpc_protocol"], "/bx3/rpc/1");
+
+    for shell in ["bash", "zsh", "fish"] {
+        let out = bx3(&["completions", shell]);
+        assert_eq!(out.status.code(), Some(0), "{shell}");
+        let script = text(&out.stdout);
+        assert!(
+            script.contains("submit") && script.contains("max-executors"),
+            "{shell}"
+        );
+    }
+    let out = bx3(&["completions", "tcsh"]);
+    assert_eq!(out.status.code(), Some(2));
+
+    // `[env: BX3_API]` once, even with BX3_API set to nothing.
+    let out = run_bounded(
+        {
+            let mut c = Command::new(BIN);
+            c.args(["submit", "--help"]).env("BX3_API", "");
+            c
+        },
+        MIN,
+    );
+    let help = text(&out.stdout);
+    assert_eq!(help.matches("BX3_API").count(), 1, "{help}");
+    assert!(!help.contains("BX3_API="), "{help}");
+
+    // A usage error with --json is a JSON document on stdout, exit 2.
+    let out = bx3(&["dag", "--json"]);
+    assert_eq!(out.status.code(), Some(2));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["kind"], "usage");
+    assert_eq!(v["exit_code"], 2);
+    // A node flag before a client subcommand is refused, naming it.
+    let out = bx3(&["--max-executors", "2", "status"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("--max-executors is a flag of `run`"));
+}
+
+/// Papercuts: an unreachable node says so in a few words (no repeated URL and wrappers), and
+/// with `--json` the error is JSON on stdout with the same exit code.
+#[test]
+fn client_errors_are_short_and_json_when_asked() {
+    let out = bx3(&["status", "--api", "http://127.0.0.1:1"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("cannot reach the bx3 node at http://127.0.0.1:1"),
+        "{err}"
+    );
+    assert!(!err.contains("error sending request"), "{err}");
+    assert_eq!(err.matches("127.0.0.1:1").count(), 1, "{err}");
+
+    let out = bx3(&["status", "--json", "--api", "http://127.0.0.1:1"]);
+    assert_eq!(out.status.code(), Some(2));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(v["kind"], "unreachable");
+    assert_eq!(v["exit_code"], 2);
+    assert!(v["error"]
+        .as_str()
+        .is_some_and(|e| e.contains("cannot reach")));
+}
+
+/// Papercuts on a running node: a non-DAG file is not echoed back; a bad module is one line;
+/// `submit -` reads stdin; long outputs are cut in the human view with a hint; `--json`
+/// errors from the node are JSON; a port in use is said once.
+#[test]
+fn submit_papercuts_on_a_node() {
+    let node = common::TestNode::start(2);
+    let api = node.api.clone();
+    let tmp = tempfile::tempdir().expect("tempdir");
+
+    // README.md is not a DAG: a short message, not a paragraph of the file.
+    let readme = repo().join("README.md").display().to_string();
+    let out = bx3(&["submit", &readme, "--api", &api]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains("not a DAG file"), "{err}");
+    assert!(err.len() < 300, "{} characters: {err}", err.len());
+    let out = bx3(&["submit", &readme, "--api", &api, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(
+        (v["kind"].as_str(), v["exit_code"].as_i64()),
+        (Some("input"), Some(2))
+    );
+
+    // A module that is not wasm: one line naming the file, no byte dump.
+    std::fs::write(tmp.path().join("fake.wasm"), b"#!/bin/sh\necho hi\n").expect("write");
+    let fake = common::write_dag(
+        tmp.path(),
+        "fake.yaml",
+        "name: t\ntasks:\n  - {id: a, module: fake.wasm}\n",
+    );
+    let out = bx3(&["submit", fake.to_str().expect("utf-8"), "--api", &api]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("fake.wasm") && err.contains("not a WebAssembly module"),
+        "{err}"
+    );
+    assert!(!err.contains("0x"), "{err}");
+
+    // `submit -`: the DAG on stdin, modules found from the current directory.
+    std::fs::copy(
+        module("big_output.wasm"),
+        tmp.path().join("big_output.wasm"),
+    )
+    .expect("copy");
+    let dag =
+        "name: from-stdin\ntasks:\n  - {id: big, module: big_output.wasm, inputs: [\"5000\"]}\n";
+    let out = bx3_stdin(&["submit", "-", "--wait", "--api", &api], dag, tmp.path());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    // The 5,000-character output is cut in the table, with a hint naming the command.
+    assert!(shown.contains("from-stdin"), "{shown}");
+    assert!(shown.len() < 1000, "{} characters shown", shown.len());
+    assert!(shown.contains("5000 characters in all") && shown.contains("--json` shows all"));
+    let out = bx3_stdin(&["submit", "-", "--json", "--api", &api], dag, tmp.path());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let id = v["id"].as_str().expect("id").to_string();
+    let out = bx3(&["dag", &id, "--wait", "--json", "--api", &api]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["source"], "<stdin>");
+    assert_eq!(
+        v["tasks"]["big"]["output"].as_str().map(str::len),
+        Some(5000)
+    );
+
+    // A second node on the same API port: "Address already in use" said once, exit 3.
+    let port = api.rsplit(':').next().expect("port");
+    let other = tempfile::tempdir().expect("tempdir");
+    let out = bx3(&[
+        "run",
+        "--no-mdns",
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--api",
+        &format!("127.0.0.1:{port}"),
+        "--data-dir",
+        other.path().to_str().expect("utf-8"),
+    ]);
+    assert_eq!(out.status.code(), Some(3));
+    let err = text(&out.stderr);
+    let last = err.lines().last().unwrap_or("");
+    assert!(last.contains("Address already in use"), "{err}");
+    assert_eq!(last.matches("Address already in use").count(), 1, "{last}");
+}
+
+/// Papercut: ids resolve by prefix like short git hashes, on any node (each holds a replica);
+/// an ambiguous prefix is an error listing the candidates. `status` names this node's role
+/// and shows peer addresses.
+#[test]
+fn id_prefixes_and_status_on_a_mesh() {
+    let mesh = common::Mesh::start(2, 1);
+    let leader = mesh.wait_leader(MIN);
+    let hello = repo().join("dags/hello_fanout.yaml");
+    let a = mesh.nodes[0].submit(&hello);
+    let b = mesh.nodes[0].submit(&hello);
+    let common_len = a.chars().zip(b.chars()).take_while(|(x, y)| x == y).count();
+    assert!(
+        common_len >= 4,
+        "{a} {b}: ids of one minute share their start"
+    );
+    let unique_a = &a[..common_len + 1];
+
+    for node in &mesh.nodes {
+        let out = node.cli(&["dag", unique_a, "--wait", "--json"], MIN);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        assert_eq!(v["id"], a.as_str());
+    }
+    let shared = &a[..common_len.min(12)];
+    let out = mesh.nodes[1].cli(&["dag", shared], MIN);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("ambiguous") && err.contains(&a) && err.contains(&b),
+        "{err}"
+    );
+    assert!(
+        err.contains("hello_fanout"),
+        "candidates show their names: {err}"
+    );
+    let out = mesh.nodes[1].cli(&["dag", "0123456789"], MIN);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("no DAG id starts with"));
+    let out = mesh.nodes[1].cli(&["cancel", unique_a], MIN);
+    assert_eq!(out.status.code(), Some(1), "already finished: exit 1");
+
+    for node in &mesh.nodes {
+        let status = node.status();
+        let out = node.cli(&["status"], MIN);
+        let shown = text(&out.stdout);
+        let me = status.peer_id == leader;
+        assert!(
+            shown.contains(if me {
+                "role      controller"
+            } else {
+                "role      follower"
+            }),
+            "{shown}"
+        );
+        assert_eq!(shown.contains("leader    this node"), me, "{shown}");
+        assert!(
+            shown.contains("    at /ip4/127.0.0.1/tcp/"),
+            "peer addresses: {shown}"
+        );
+    }
+}
+
+/// Papercut: Ctrl-C during `submit --wait` stops the waiting, not the DAG, and says how to
+/// watch or cancel it (exit 130).
+#[test]
+fn ctrl_c_during_wait_leaves_the_dag_running() {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    let node = common::TestNode::start(1);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let slow = common::write_dag(
+        tmp.path(),
+        "slow.yaml",
+        "name: slow\ntasks:\n  - {id: spin, module: loop_forever.wasm, timeout: 2m, retries: 0}\n",
+    );
+    let mut child = Command::new(BIN)
+        .args(["submit", slow.to_str().expect("utf-8"), "--wait"])
+        .args(["--api", &node.api, "--modules"])
+        .arg(wasm_modules())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let pid = child.id();
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let first = rx.recv_timeout(MIN).expect("a first line on stderr");
+    let id = first
+        .rsplit(' ')
+        .next()
+        .expect("submitted FILE as ID")
+        .to_string();
+    assert!(first.starts_with("submitted"), "{first}");
+    let sent = Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .expect("kill -INT");
+    assert!(sent.success());
+    let deadline = std::time::Instant::now() + MIN;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "submit did not stop on SIGINT"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(130));
+    // The reader ends at EOF (the process exited); bounded in case something holds the pipe.
+    let mut rest = Vec::new();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(10)) {
+        rest.push(line);
+    }
+    let said = rest.join("\n");
+    assert!(said.contains("keeps running"), "{said}");
+    assert!(
+        said.contains(&format!("bx3-node dag {id} --wait")),
+        "{said}"
+    );
+    assert!(said.contains(&format!("bx3-node cancel {id}")), "{said}");
+    let view = node.dag(&id);
+    assert!(!view.state.is_terminal(), "the DAG runs on: {view:?}");
+    let out = node.cli(&["cancel", &id], MIN);
+    assert_eq!(out.status.code(), Some(0));
+}

@@ -8,6 +8,7 @@
 //! GET  /v1/dags?limit=N        -> [DagSummary]
 //! GET  /v1/dags/{id}?tasks=BOOL&after=VERSION&wait_ms=MS -> DagView   (long poll when `after`)
 //! POST /v1/dags/{id}/cancel    -> DagView
+//!      ({id}: the full id or a unique prefix of at least 4 hex digits)
 //! GET  /v1/status              -> StatusView
 //! ```
 
@@ -24,14 +25,14 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use bx3_protocol::api::{ErrorBody, ModuleUploaded, StatusView, SubmitRequest, SubmitResponse};
 use bx3_protocol::dag::parse_dag;
-use bx3_protocol::ids::DagId;
+use bx3_protocol::ids::{DagId, DagIdPrefix};
 use serde::Deserialize;
 use tokio::sync::Semaphore;
 
 use crate::controller::{ControllerError, Handle};
 use crate::executor::runtime::Runtime;
 use crate::store::modules::{is_hash, sha256_hex};
-use crate::store::{ModuleStore, SpecRecord};
+use crate::store::{ModuleStore, SpecRecord, Store};
 
 /// Largest module accepted.
 pub const MAX_MODULE_BYTES: usize = 64 * 1024 * 1024;
@@ -48,6 +49,8 @@ pub struct ApiState {
     pub compiled_dir: PathBuf,
     /// Bounds concurrent module compilations (each takes a CPU for a while).
     pub compile_slots: Arc<Semaphore>,
+    /// This node's replica, read-only: resolves DAG id prefixes (`dag 01a231d7`) on any node.
+    pub store: Store,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -118,10 +121,59 @@ impl From<BytesRejection> for ApiError {
     }
 }
 
-fn parse_id(id: &str) -> Result<DagId, ApiError> {
-    id.parse().map_err(|e: bx3_protocol::ids::BadDagId| {
-        ApiError::new(StatusCode::NOT_FOUND, e.to_string())
+/// How many candidates an ambiguous prefix lists.
+const MAX_CANDIDATES: usize = 10;
+
+/// A DAG id as a user typed it: the full id, or (like a short git hash) a prefix of at least
+/// four hex digits that only one DAG in this node's replica starts with. Every node holds a
+/// replica of every DAG, so any node resolves prefixes; a DAG too new to have reached this
+/// node's replica is found by its full id.
+async fn resolve_id(st: &ApiState, text: &str) -> Result<DagId, ApiError> {
+    let prefix: DagIdPrefix = text
+        .parse()
+        .map_err(|e: bx3_protocol::ids::BadDagIdPrefix| {
+            ApiError::new(StatusCode::NOT_FOUND, e.to_string())
+        })?;
+    if let Some(id) = prefix.as_id() {
+        return Ok(id);
+    }
+    let store = st.store.clone();
+    let shown = text.to_string();
+    let found = tokio::task::spawn_blocking(move || {
+        let ids = store.ids_with_prefix(&prefix, MAX_CANDIDATES + 1)?;
+        ids.into_iter()
+            .map(|id| Ok((id, store.meta(&id)?)))
+            .collect::<Result<Vec<_>, crate::store::StoreError>>()
     })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    match found.as_slice() {
+        [] => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no DAG id starts with {shown:?} (`bx3-node dags` lists them)"),
+        )),
+        [(id, _)] => Ok(*id),
+        many => {
+            let listed: Vec<String> = many
+                .iter()
+                .take(MAX_CANDIDATES)
+                .map(|(id, meta)| match meta {
+                    Some(m) => format!("{id} {:?} ({})", m.name, m.state.as_str()),
+                    None => id.to_string(),
+                })
+                .collect();
+            let more = if many.len() > MAX_CANDIDATES {
+                ", and more"
+            } else {
+                ""
+            };
+            Err(ApiError::bad_request(format!(
+                "DAG id prefix {shown:?} is ambiguous: {}{more}; give more digits",
+                listed.join(", ")
+            )))
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -275,14 +327,14 @@ async fn get_dag(
     Path(id): Path<String>,
     Query(q): Query<DagQuery>,
 ) -> Result<Response, ApiError> {
-    let id = parse_id(&id)?;
+    let id = resolve_id(&st, &id).await?;
     let tasks = q.tasks.unwrap_or(true);
     let wait = Duration::from_millis(q.wait_ms.unwrap_or(30_000)).min(MAX_WAIT);
     Ok(Json(st.controller.get_after(id, tasks, q.after, wait).await?).into_response())
 }
 
 async fn cancel(State(st): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let id = parse_id(&id)?;
+    let id = resolve_id(&st, &id).await?;
     Ok(Json(st.controller.cancel(id).await?).into_response())
 }
 

@@ -171,7 +171,7 @@ fn check_header(wasm: &[u8]) -> Result<(), ExecError> {
 
 /// Version of wasmer whose artifacts we cache: must follow the `=7.1.0` pin in Cargo.toml.
 /// (wasmer's own artifact header check is a second line of defence.)
-const WASMER_VERSION: &str = "7.1.0";
+pub const WASMER_VERSION: &str = "7.1.0";
 /// Bump when anything about how we configure the engine or lay out cache files changes.
 const CACHE_FORMAT: u32 = 1;
 /// Cache files end with `sha256(payload) ++ CACHE_MAGIC`.
