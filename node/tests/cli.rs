@@ -139,7 +139,12 @@ fn check_says_whether_modules_fit_the_abi() {
     // WASI functions bx3 answers with ENOSYS: a warning; --strict makes it fail.
     let out = bx3(&["check", &f("unsupported.wasm")]);
     assert_eq!(out.status.code(), Some(0));
-    assert!(text(&out.stdout).contains("warning: imports wasi_snapshot_preview1.path_open"));
+    let shown = text(&out.stdout);
+    assert!(
+        shown.contains("warning: imports 2 WASI functions"),
+        "{shown}"
+    );
+    assert!(shown.contains("path_open, bx3_nope"), "{shown}");
     let out = bx3(&["check", "--strict", "--json", &f("unsupported.wasm")]);
     assert_eq!(out.status.code(), Some(2));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
@@ -480,4 +485,99 @@ fn ctrl_c_during_wait_leaves_the_dag_running() {
     assert!(!view.state.is_terminal(), "the DAG runs on: {view:?}");
     let out = node.cli(&["cancel", &id], MIN);
     assert_eq!(out.status.code(), Some(0));
+}
+
+/// Every example task module (examples/tasks: Rust, C, Zig, AssemblyScript, Python) runs in a
+/// DAG on a node, and again through `bx3-node exec` with the task's resolved inputs, stdin
+/// and env: the output is the same both ways.
+#[test]
+fn example_tasks_run_the_same_in_a_dag_and_through_exec() {
+    use bx3_protocol::dag::parse_dag;
+    let node = common::TestNode::start(2);
+    let cache = tempfile::tempdir().expect("tempdir");
+    let examples = repo().join("examples/tasks");
+    let mut modules_seen = std::collections::BTreeSet::new();
+    for dag_file in ["hello.yaml", "sales_report.yaml"] {
+        let path = examples.join(dag_file);
+        let out = node.cli(
+            &["submit", path.to_str().expect("utf-8"), "--wait", "--json"],
+            Duration::from_secs(600),
+        );
+        let view: bx3_protocol::api::DagView =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+                panic!(
+                    "{dag_file}: no DAG JSON ({e}); stderr: {}\nlog:\n{}",
+                    text(&out.stderr),
+                    node.log()
+                )
+            });
+        assert_eq!(out.status.code(), Some(0), "{dag_file}: {view:#?}");
+        let spec = parse_dag(&std::fs::read_to_string(&path).expect("read")).expect("valid");
+        let output_of = |i: u32| -> &str {
+            let id = &spec.tasks[i as usize].id;
+            view.tasks[id].output.as_deref().unwrap_or("")
+        };
+        for (i, task) in spec.tasks.iter().enumerate() {
+            let in_dag = view.tasks[&task.id].output.clone().expect("succeeded");
+            let module = examples.join("wasm_modules").join(&task.module);
+            let mut args: Vec<String> = vec!["exec".into(), "--stdin".into(), task.stdin.clone()];
+            for (k, v) in &task.env {
+                args.push("--env".into());
+                args.push(format!("{k}={v}"));
+            }
+            args.push(module.display().to_string());
+            args.extend(spec.resolve_inputs(i, output_of));
+            let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+            let out = bx3_in(&argv, Some(cache.path()));
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{}: {}",
+                task.id,
+                text(&out.stderr)
+            );
+            assert_eq!(
+                text(&out.stdout).trim_end(),
+                in_dag,
+                "{dag_file} task {}: exec and the DAG differ",
+                task.id
+            );
+            modules_seen.insert(task.module.clone());
+        }
+        if dag_file == "sales_report.yaml" {
+            let report = view.tasks["report"].output.clone().unwrap_or_default();
+            assert!(report.contains("| TOP REGIONS, 2026-12-01"), "{report}");
+            assert!(report.contains("north 162.75"), "{report}");
+            assert!(report.contains("mean 69.79"), "{report}");
+        }
+    }
+    // Every committed example module took part.
+    let committed: std::collections::BTreeSet<String> =
+        std::fs::read_dir(examples.join("wasm_modules"))
+            .expect("examples/tasks/wasm_modules")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".wasm"))
+            .collect();
+    assert_eq!(modules_seen, committed);
+}
+
+/// docs/tasks.md shows each hello program as it is committed (and built, and tested above).
+#[test]
+fn the_task_guide_shows_the_committed_sources() {
+    let guide = std::fs::read_to_string(repo().join("docs/tasks.md")).expect("docs/tasks.md");
+    let mut shown = 0;
+    for block in guide.split("<!-- source: ").skip(1) {
+        let (path, rest) = block.split_once(" -->").expect("marker");
+        let code = rest
+            .split_once("```")
+            .and_then(|(_, r)| r.split_once('\n'))
+            .and_then(|(_, r)| r.split_once("```"))
+            .map(|(code, _)| code)
+            .expect("a code block after the marker");
+        let file = std::fs::read_to_string(repo().join(path)).expect(path);
+        assert_eq!(code, file, "docs/tasks.md shows {path} differently");
+        shown += 1;
+    }
+    assert_eq!(shown, 5, "one hello per language");
 }

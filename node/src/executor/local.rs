@@ -312,14 +312,20 @@ pub fn check(file: &str, wasm: &[u8], executor_mb: u64) -> CheckReport {
     }
     match shape(wasm) {
         Ok(shape) => {
-            for name in &shape.wasi_imports {
-                if WasiFn::from_name(name).is_none() {
-                    report.warnings.push(format!(
-                        "imports {}.{name}, which bx3 does not implement: it answers ENOSYS \
-                         (no files, no sockets, no threads)",
-                        wasi::MODULE
-                    ));
-                }
+            let missing: Vec<&str> = shape
+                .wasi_imports
+                .iter()
+                .map(String::as_str)
+                .filter(|name| WasiFn::from_name(name).is_none())
+                .collect();
+            if !missing.is_empty() {
+                report.warnings.push(format!(
+                    "imports {} WASI function{} bx3 does not implement (no files, sockets or \
+                     threads; a call answers ENOSYS): {}",
+                    missing.len(),
+                    if missing.len() == 1 { "" } else { "s" },
+                    missing.join(", ")
+                ));
             }
             if !shape.wasi_imports.is_empty() && !shape.exports_memory {
                 report.errors.push(
