@@ -259,6 +259,21 @@ impl Client {
             .await
     }
 
+    /// Testing only (a node with `--debug-api`): cut it off from `peer`, or connect them again.
+    pub async fn block(&self, peer: &str, blocked: bool) -> Result<(), ClientError> {
+        let req = bx3_protocol::api::BlockRequest {
+            peer: peer.to_string(),
+            blocked,
+        };
+        self.send(
+            self.http
+                .post(format!("{}/v1/debug/block", self.base))
+                .json(&req),
+        )
+        .await
+        .map(drop)
+    }
+
     pub async fn status(&self) -> Result<StatusView, ClientError> {
         self.json(self.http.get(format!("{}/v1/status", self.base)))
             .await

@@ -67,6 +67,11 @@ pub struct RunArgs {
     #[arg(long, env = "BX3_MAX_EXECUTORS", value_name = "N")]
     pub max_executors: Option<usize>,
 
+    /// Testing only: serve /v1/debug/* on the API (cut this node off from a peer and back, as
+    /// `testnet.sh partition` does). Anyone who can reach the API can then isolate the node.
+    #[arg(long, env = "BX3_DEBUG_API")]
+    pub debug_api: bool,
+
     /// Test hook: read "available RAM" (MB) from this file instead of the OS.
     #[arg(long, hide = true, value_name = "PATH")]
     pub ram_file: Option<PathBuf>,
@@ -84,6 +89,8 @@ pub struct Config {
     pub min_free_ram_mb: u64,
     pub max_executors: Option<usize>,
     pub ram_file: Option<PathBuf>,
+    /// Serve the debug endpoints (`--debug-api`).
+    pub debug_api: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -173,6 +180,7 @@ impl RunArgs {
             min_free_ram_mb: self.min_free_ram,
             max_executors: self.max_executors,
             ram_file: self.ram_file.clone(),
+            debug_api: self.debug_api,
         })
     }
 }

@@ -65,6 +65,20 @@ enum ClientCommand {
     Cancel(CancelArgs),
     /// Show the node, the controller, executors and peers.
     Status(StatusArgs),
+    /// Testing only: cut a node started with --debug-api off from a peer (or --unblock).
+    #[command(name = "debug-block", hide = true)]
+    DebugBlock(DebugBlockArgs),
+}
+
+#[derive(Args, Debug)]
+struct DebugBlockArgs {
+    /// The peer id to cut this node off from.
+    peer: String,
+    /// Connect them again instead.
+    #[arg(long)]
+    unblock: bool,
+    #[command(flatten)]
+    target: Target,
 }
 
 /// Commands that work on this machine alone, no node needed.
@@ -724,6 +738,7 @@ impl ClientCommand {
             ClientCommand::Dags(a) => a.json,
             ClientCommand::Cancel(a) => a.json,
             ClientCommand::Status(a) => a.json,
+            ClientCommand::DebugBlock(_) => false,
         }
     }
 
@@ -734,6 +749,7 @@ impl ClientCommand {
             ClientCommand::Dags(a) => &a.target,
             ClientCommand::Cancel(a) => &a.target,
             ClientCommand::Status(a) => &a.target,
+            ClientCommand::DebugBlock(a) => &a.target,
         }
     }
 }
@@ -809,6 +825,7 @@ async fn client_command(cmd: ClientCommand) -> Result<(), ClientError> {
             }
             Err(e) => Err(e),
         },
+        ClientCommand::DebugBlock(a) => client.block(&a.peer, !a.unblock).await,
         ClientCommand::Status(a) => {
             let status = client.status().await?;
             if a.json {

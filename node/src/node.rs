@@ -204,6 +204,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
     )
     .map_err(|e| NodeError::Net(e.to_string()))?;
     let replica = store.clone();
+    let debug_net = config.debug_api.then(|| net_client.clone());
     let (actor, handle) = Actor::new(controller::Parts {
         peer_id: key.public().to_peer_id(),
         store,
@@ -250,7 +251,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
         compiled_dir,
         compile_slots: Arc::new(Semaphore::new(2)),
         store: replica,
+        debug: debug_net.map(|net| api::Debug { net }),
     };
+    if state.debug.is_some() {
+        tracing::warn!(
+            "debug API enabled (--debug-api): whoever reaches the API can cut this node off \
+             from its peers; for tests only"
+        );
+    }
     {
         let shutdown = shutdown.clone();
         tasks.spawn(async move {

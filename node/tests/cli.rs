@@ -581,3 +581,140 @@ fn the_task_guide_shows_the_committed_sources() {
     }
     assert_eq!(shown, 5, "one hello per language");
 }
+
+/// testnet/testnet.sh on loopback, as a user drives it: up, status, submit, kill-leader and
+/// status right after it (no traceback, the killed node is dead), usage errors, logs, a
+/// partition and its healing without root, down keeping the logs, down --purge.
+#[test]
+fn testnet_commands_on_loopback() {
+    let state = tempfile::tempdir().expect("tempdir");
+    // Three consecutive free ports for the APIs and three for libp2p, not overlapping.
+    let three_free = |avoid: Option<u16>| -> u16 {
+        for _ in 0..200 {
+            let p = common::free_port();
+            let clear = avoid.is_none_or(|a| p + 2 < a || p > a + 2);
+            if p < 60000
+                && clear
+                && (0..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok())
+            {
+                return p;
+            }
+        }
+        panic!("no three consecutive free ports");
+    };
+    let api = three_free(None);
+    let p2p = three_free(Some(api));
+    let tn = |args: &[&str]| -> Output {
+        let mut c = Command::new(repo().join("testnet/testnet.sh"));
+        c.args(args)
+            .env("BX3_BIN", BIN)
+            .env("BX3_TESTNET_DIR", state.path())
+            .env("BX3_TESTNET_API_PORT", api.to_string())
+            .env("BX3_TESTNET_P2P_PORT", p2p.to_string())
+            .env("BX3_TESTNET_EXECUTORS", "1")
+            .env_remove("BX3_API")
+            .env_remove("BX3_DATA_DIR");
+        run_bounded(c, Duration::from_secs(120))
+    };
+    let says = |out: &Output| format!("{}{}", text(&out.stdout), text(&out.stderr));
+    let no_traceback = |out: &Output| {
+        assert!(!says(out).contains("Traceback"), "{}", says(out));
+    };
+
+    let out = tn(&["up", "3"]);
+    assert_eq!(out.status.code(), Some(0), "{}", says(&out));
+    let out = tn(&["status"]);
+    assert_eq!(
+        text(&out.stdout).matches(" controller ").count(),
+        1,
+        "{}",
+        says(&out)
+    );
+
+    let hello = repo().join("dags/hello_fanout.yaml");
+    let out = tn(&[
+        "submit",
+        hello.to_str().expect("utf-8"),
+        "--wait",
+        "--node",
+        "1",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", says(&out));
+    assert!(text(&out.stdout).contains("Bonjour, world!"));
+
+    let out = tn(&["kill-leader"]);
+    assert_eq!(out.status.code(), Some(0), "{}", says(&out));
+    let killed: String = text(&out.stdout)
+        .split("killed node ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .expect("killed node I")
+        .to_string();
+    // Right after the kill: no traceback, and the killed node is not alive.
+    let out = tn(&["status"]);
+    no_traceback(&out);
+    assert_eq!(out.status.code(), Some(0));
+    let row = text(&out.stdout)
+        .lines()
+        .find(|l| l.starts_with(&format!("{killed} ")))
+        .map(str::to_string)
+        .expect("a row for the killed node");
+    assert!(row.split_whitespace().nth(2) == Some("no"), "{row}");
+
+    // Usage errors, not shell errors.
+    for (args, expect) in [
+        (vec!["restart"], "usage: testnet/testnet.sh restart I"),
+        (vec!["logs", "9"], "no node 9 (this testnet has nodes 0..2)"),
+        (vec!["kill", "x"], "no node x"),
+        (vec!["submit"], "usage: testnet/testnet.sh submit FILE"),
+        (vec!["frobnicate"], "testnet/testnet.sh up N"),
+    ] {
+        let out = tn(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", says(&out));
+        assert!(says(&out).contains(expect), "{args:?}: {}", says(&out));
+        assert!(!says(&out).contains("line "), "{args:?}: {}", says(&out));
+    }
+    let out = tn(&["restart", &killed]);
+    assert_eq!(out.status.code(), Some(0), "{}", says(&out));
+    let out = tn(&["logs", &killed, "-n", "5"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(!text(&out.stdout).is_empty());
+
+    // Partition node 2 without root: it sees no peer; after heal, all three agree again.
+    let peers_of_2 = || -> Option<String> {
+        let out = tn(&["status"]);
+        no_traceback(&out);
+        text(&out.stdout)
+            .lines()
+            .find(|l| l.starts_with("2 "))
+            .and_then(|l| l.split_whitespace().nth(6).map(str::to_string))
+    };
+    let wait_peers = |want: &str| {
+        let deadline = std::time::Instant::now() + MIN;
+        while peers_of_2().as_deref() != Some(want) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node 2 never had {want} peers"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
+    wait_peers("2");
+    let out = tn(&["partition", "2"]);
+    assert_eq!(out.status.code(), Some(0), "{}", says(&out));
+    wait_peers("0");
+    let out = tn(&["heal", "2"]);
+    assert_eq!(out.status.code(), Some(0), "{}", says(&out));
+    wait_peers("2");
+
+    // down keeps the logs; down --purge removes everything.
+    let out = tn(&["down"]);
+    assert_eq!(out.status.code(), Some(0), "{}", says(&out));
+    assert!(state.path().join("node-0/node.log").is_file());
+    assert!(!state.path().join("node-0/pid").exists());
+    let out = tn(&["status"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = tn(&["down", "--purge"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(!state.path().join("node-0").exists());
+}

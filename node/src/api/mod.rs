@@ -51,10 +51,27 @@ pub struct ApiState {
     pub compile_slots: Arc<Semaphore>,
     /// This node's replica, read-only: resolves DAG id prefixes (`dag 01a231d7`) on any node.
     pub store: Store,
+    /// The testing endpoints under `/v1/debug/`, only with `--debug-api`.
+    pub debug: Option<Debug>,
+}
+
+/// What the debug endpoints act on.
+#[derive(Clone)]
+pub struct Debug {
+    /// To cut this node off from a peer and back (`net::Client::block`).
+    pub net: crate::net::Client,
 }
 
 pub fn router(state: ApiState) -> Router {
-    Router::new()
+    let debug = state.debug.is_some();
+    let router = Router::new();
+    // Testing only, and absent (404) unless the node runs with --debug-api.
+    let router = if debug {
+        router.route("/v1/debug/block", post(debug_block))
+    } else {
+        router
+    };
+    router
         .route(
             "/v1/modules",
             put(put_module).layer(DefaultBodyLimit::max(MAX_MODULE_BYTES)),
@@ -336,6 +353,32 @@ async fn get_dag(
 async fn cancel(State(st): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let id = resolve_id(&st, &id).await?;
     Ok(Json(st.controller.cancel(id).await?).into_response())
+}
+
+/// `POST /v1/debug/block {"peer": ID, "blocked": BOOL}`: drop and refuse every connection with
+/// the peer (or allow them again): one side of a partition, without root or namespaces.
+async fn debug_block(
+    State(st): State<ApiState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<bx3_protocol::api::BlockRequest>, ApiError> {
+    let body = body?;
+    let req: bx3_protocol::api::BlockRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("bad block request: {e}")))?;
+    let peer: libp2p::PeerId = req
+        .peer
+        .parse()
+        .map_err(|e| ApiError::bad_request(format!("{:?} is not a peer id: {e}", req.peer)))?;
+    let Some(debug) = &st.debug else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "the debug API is off"));
+    };
+    debug.net.block(peer, req.blocked).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot block: {e}"),
+        )
+    })?;
+    tracing::warn!(%peer, blocked = req.blocked, "debug API: peer {}", if req.blocked { "blocked" } else { "unblocked" });
+    Ok(Json(req))
 }
 
 async fn status(State(st): State<ApiState>) -> Result<Json<StatusView>, ApiError> {
