@@ -75,6 +75,12 @@ pub struct RunArgs {
     /// Test hook: read "available RAM" (MB) from this file instead of the OS.
     #[arg(long, hide = true, value_name = "PATH")]
     pub ram_file: Option<PathBuf>,
+
+    /// Porting hook: start executor processes through this command (split on spaces), e.g.
+    /// "qemu-aarch64-static -L /usr/aarch64-linux-gnu" for a node that itself runs under
+    /// qemu-user where no binfmt handler is registered (scripts/arm-smoke.sh).
+    #[arg(long, hide = true, value_name = "CMD")]
+    pub executor_wrapper: Option<String>,
 }
 
 /// The validated configuration a node runs with.
@@ -89,6 +95,8 @@ pub struct Config {
     pub min_free_ram_mb: u64,
     pub max_executors: Option<usize>,
     pub ram_file: Option<PathBuf>,
+    /// Executor processes are started through this command (empty: directly).
+    pub executor_wrapper: Vec<String>,
     /// Serve the debug endpoints (`--debug-api`).
     pub debug_api: bool,
 }
@@ -180,6 +188,11 @@ impl RunArgs {
             min_free_ram_mb: self.min_free_ram,
             max_executors: self.max_executors,
             ram_file: self.ram_file.clone(),
+            executor_wrapper: self
+                .executor_wrapper
+                .as_deref()
+                .map(|w| w.split_whitespace().map(str::to_string).collect())
+                .unwrap_or_default(),
             debug_api: self.debug_api,
         })
     }

@@ -936,6 +936,24 @@ mod tests {
         assert_eq!(s.target.api.as_deref(), Some("127.0.0.1:7999"));
     }
 
+    /// packaging/node.yaml is a valid config file and shows every key (set or commented out),
+    /// so a new flag cannot be missing from it.
+    #[test]
+    fn the_example_config_names_every_key() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/node.yaml");
+        let text = std::fs::read_to_string(path).expect("packaging/node.yaml");
+        config::apply_yaml(cli_command(), std::path::Path::new(path), &text).expect("applies");
+        let cmd = cli_command();
+        for arg in config::config_keys(&cmd) {
+            let key = arg.get_long().expect("long");
+            let shown = text.lines().any(|l| {
+                let l = l.trim_start_matches(['#', ' ']);
+                l.starts_with(&format!("{key}:"))
+            });
+            assert!(shown, "packaging/node.yaml does not show the key {key}");
+        }
+    }
+
     #[test]
     fn config_file_refuses_unknown_keys_and_bad_values_naming_them() {
         let err = parse_with("max_executor: 3\n", &["bx3-node"]).expect_err("unknown");

@@ -168,6 +168,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
         PoolConfig {
             exe,
             data_dir: dir.clone(),
+            wrapper: config.executor_wrapper.clone(),
         },
         sizer,
         done_tx,

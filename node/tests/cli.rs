@@ -718,3 +718,41 @@ fn testnet_commands_on_loopback() {
     assert_eq!(out.status.code(), Some(0));
     assert!(!state.path().join("node-0").exists());
 }
+
+/// The systemd unit in packaging/ passes `systemd-analyze verify` with not one warning (it
+/// exits 0 on parse warnings, so its output must be empty), run against the real binary.
+#[test]
+fn systemd_unit_verifies() {
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED: systemd-analyze is not installed");
+        return;
+    }
+    let unit = std::fs::read_to_string(repo().join("packaging/bx3-node.service")).expect("unit");
+    assert!(unit.contains("ExecStart=/usr/local/bin/bx3-node run --config /etc/bx3/node.yaml"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("bx3-node.service");
+    std::fs::write(&path, unit.replace("/usr/local/bin/bx3-node", BIN)).expect("write");
+    let out = run_bounded(
+        {
+            let mut c = Command::new("systemd-analyze");
+            c.arg("verify").arg(&path);
+            c
+        },
+        MIN,
+    );
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(said.trim().is_empty(), "systemd-analyze warns: {said}");
+
+    // The config file it points to starts a node as written (exit 2 would be a bad key).
+    let data = tempfile::tempdir().expect("tempdir");
+    let config = repo().join("packaging/node.yaml");
+    let out = bx3(&["--config", config.to_str().expect("utf-8"), "run", "--help"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("[default: 128]"));
+    drop(data);
+}

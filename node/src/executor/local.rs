@@ -160,6 +160,7 @@ pub async fn exec(exe: &Path, cache: &Path, task: LocalTask) -> Result<LocalResu
     let config = PoolConfig {
         exe: exe.to_path_buf(),
         data_dir: cache.to_path_buf(),
+        wrapper: Vec::new(),
     };
     let mut ex = Executor::spawn(&config).await.map_err(LocalError::Spawn)?;
     let started = Instant::now();

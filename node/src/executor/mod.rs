@@ -79,6 +79,9 @@ pub struct PoolConfig {
     /// The bx3-node binary (executors are `bx3-node __executor`).
     pub exe: PathBuf,
     pub data_dir: PathBuf,
+    /// A program (and its arguments) that executor processes are started through, e.g. an
+    /// emulator (`qemu-aarch64-static`) when the node itself runs under one; empty: none.
+    pub wrapper: Vec<String>,
 }
 
 impl Pool {
@@ -233,7 +236,15 @@ struct Executor {
 
 impl Executor {
     async fn spawn(config: &PoolConfig) -> std::io::Result<Executor> {
-        let mut child = Command::new(&config.exe)
+        let mut command = match config.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&config.exe);
+                c
+            }
+            None => Command::new(&config.exe),
+        };
+        let mut child = command
             .arg("__executor")
             .arg("--data-dir")
             .arg(&config.data_dir)
