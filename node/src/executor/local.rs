@@ -225,6 +225,9 @@ fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
 }
 
+/// The stderr tail the executor reported. A successful run's stderr is not in the frame yet;
+/// when `Response::Success` carries a `stderr_tail` (the dashboard work adds it), take it here
+/// too, so `exec` shows a successful task's warnings as well.
 fn stderr_tail(resp: &Response) -> Option<String> {
     let tail = match resp {
         Response::Exit { stderr_tail, .. }
