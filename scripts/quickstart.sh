@@ -9,7 +9,7 @@ dag="${1:-dags/hello_fanout.yaml}"
 
 cargo build --release --locked -p bx3-node
 export BX3_TESTNET_DIR="${BX3_TESTNET_DIR:-$(mktemp -d -t bx3-quickstart.XXXXXX)}"
-trap 'testnet/testnet.sh down >/dev/null 2>&1 || true' EXIT
+trap 'testnet/testnet.sh down --purge >/dev/null 2>&1 || true' EXIT
 
 testnet/testnet.sh up 3
 echo

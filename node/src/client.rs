@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bx3_protocol::api::{
-    AttemptOutcome, DagState, DagSummary, DagView, ErrorBody, ModuleUploaded, StatusView,
+    AttemptOutcome, DagState, DagSummary, DagView, ErrorBody, ModuleUploaded, NodeRole, StatusView,
     SubmitRequest, SubmitResponse, TaskState, TaskView,
 };
 use bx3_protocol::dag::parse_dag;
@@ -35,6 +35,15 @@ pub enum ClientError {
     /// Not an error of the tool: the DAG ended failed or cancelled.
     #[error("DAG {id} {state}")]
     DagDidNotSucceed { id: String, state: &'static str },
+    /// `cancel` of a DAG that had already finished (exit 1, like a DAG that did not succeed).
+    #[error("{0}")]
+    NotCancelled(String),
+    /// Ctrl-C while waiting: the DAG itself is not affected.
+    #[error(
+        "interrupted; DAG {id} keeps running on the mesh.\n  watch it:  bx3-node dag {id} --wait\n  \
+         cancel it: bx3-node cancel {id}"
+    )]
+    Interrupted { id: String },
 }
 
 /// How long `submit` keeps retrying a submission that failed for a transient reason.
@@ -53,10 +62,25 @@ impl ClientError {
         }
     }
 
+    /// 1 the DAG failed or was cancelled; 2 bad input or an unreachable node; 130 interrupted
+    /// by Ctrl-C (128 + SIGINT, as shells report it).
     pub fn exit_code(&self) -> u8 {
         match self {
-            ClientError::DagDidNotSucceed { .. } => 1,
+            ClientError::DagDidNotSucceed { .. } | ClientError::NotCancelled(_) => 1,
+            ClientError::Interrupted { .. } => 130,
             _ => 2,
+        }
+    }
+
+    /// What kind of error, for `--json` output: `input`, `unreachable`, `api`, `dag`,
+    /// `interrupted`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientError::Input(_) => "input",
+            ClientError::Unreachable { .. } => "unreachable",
+            ClientError::Api { .. } => "api",
+            ClientError::DagDidNotSucceed { .. } | ClientError::NotCancelled(_) => "dag",
+            ClientError::Interrupted { .. } => "interrupted",
         }
     }
 }
@@ -159,11 +183,15 @@ impl Client {
         &self.base
     }
 
-    async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, ClientError> {
-        let resp = req.send().await.map_err(|e| ClientError::Unreachable {
+    fn unreachable(&self, e: &reqwest::Error) -> ClientError {
+        ClientError::Unreachable {
             url: self.base.clone(),
-            reason: error_chain(&e),
-        })?;
+            reason: unreachable_reason(e),
+        }
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, ClientError> {
+        let resp = req.send().await.map_err(|e| self.unreachable(&e))?;
         if resp.status().is_success() {
             return Ok(resp);
         }
@@ -193,10 +221,7 @@ impl Client {
             .head(format!("{}/v1/modules/{hash}", self.base))
             .send()
             .await
-            .map_err(|e| ClientError::Unreachable {
-                url: self.base.clone(),
-                reason: error_chain(&e),
-            })?;
+            .map_err(|e| self.unreachable(&e))?;
         Ok(resp.status().is_success())
     }
 
@@ -276,22 +301,42 @@ impl Client {
             .await
     }
 
+    /// Testing only (a node with `--debug-api`): cut it off from `peer`, or connect them again.
+    pub async fn block(&self, peer: &str, blocked: bool) -> Result<(), ClientError> {
+        let req = bx3_protocol::api::BlockRequest {
+            peer: peer.to_string(),
+            blocked,
+        };
+        self.send(
+            self.http
+                .post(format!("{}/v1/debug/block", self.base))
+                .json(&req),
+        )
+        .await
+        .map(drop)
+    }
+
     pub async fn status(&self) -> Result<StatusView, ClientError> {
         self.json(self.http.get(format!("{}/v1/status", self.base)))
             .await
     }
 
-    /// Reads and checks a DAG file, uploads the modules the node lacks, submits it.
+    /// Reads and checks a DAG file (`-`: standard input, with modules looked up from the
+    /// current directory), uploads the modules the node lacks, submits it.
     pub async fn submit_file(
         &self,
         file: &Path,
         modules_dir: Option<&Path>,
     ) -> Result<String, ClientError> {
-        let yaml = std::fs::read_to_string(file)
-            .map_err(|e| ClientError::Input(format!("cannot read {}: {e}", file.display())))?;
+        let stdin = file.as_os_str() == "-";
+        let (yaml, shown, file) = if stdin {
+            (read_stdin_dag()?, "<stdin>".to_string(), Path::new("./-"))
+        } else {
+            let yaml = read_dag_file(file)?;
+            (yaml, file.display().to_string(), file)
+        };
         // Checked here first so a bad file fails before anything is uploaded.
-        let dag =
-            parse_dag(&yaml).map_err(|e| ClientError::Input(format!("{}: {e}", file.display())))?;
+        let dag = parse_dag(&yaml).map_err(|e| ClientError::Input(format!("{shown}: {e}")))?;
         let mut modules = BTreeMap::new();
         for name in dag.module_names() {
             let path = find_module(&name, file, modules_dir)?;
@@ -319,7 +364,7 @@ impl Client {
             .unwrap_or(0);
         let req = SubmitRequest {
             yaml,
-            source: Some(file.display().to_string()),
+            source: Some(shown),
             modules,
             id: Some(bx3_protocol::ids::DagId::new(now, rand::random()).to_string()),
         };
@@ -344,10 +389,45 @@ impl Client {
 
     /// Waits for a DAG to finish, showing progress on stderr: a bar on a terminal, a line per
     /// change (at most one a second) otherwise. Returns the final DAG with its tasks.
-    pub async fn wait(&self, id: &str, quiet: bool) -> Result<DagView, ClientError> {
+    ///
+    /// `id` may be a prefix; it is resolved once, then the full id is followed. Ctrl-C stops
+    /// the waiting (not the DAG): [`ClientError::Interrupted`] says how to go on.
+    pub async fn wait(
+        &self,
+        id: &str,
+        quiet: bool,
+        interrupt: &mut Interrupt,
+    ) -> Result<DagView, ClientError> {
+        let first = tokio::select! {
+            r = self.dag(id, false, None, Duration::ZERO) => r?,
+            _ = interrupt.recv() => return Err(ClientError::Interrupted { id: id.to_string() }),
+        };
+        let id = first.id.clone();
+        let interrupted = || ClientError::Interrupted { id: id.clone() };
+        let mut bar = None;
+        let waited = tokio::select! {
+            r = self.wait_from(first, quiet, &mut bar) => r,
+            _ = interrupt.recv() => Err(interrupted()),
+        };
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+        let view = waited?;
+        tokio::select! {
+            r = self.dag(&view.id, true, None, Duration::ZERO) => r,
+            _ = interrupt.recv() => Err(interrupted()),
+        }
+    }
+
+    async fn wait_from(
+        &self,
+        mut view: DagView,
+        quiet: bool,
+        bar_slot: &mut Option<indicatif::ProgressBar>,
+    ) -> Result<DagView, ClientError> {
         let tty = std::io::stderr().is_terminal();
-        let mut view = self.dag(id, false, None, Duration::ZERO).await?;
-        let bar = (tty && !quiet).then(|| {
+        let id = view.id.clone();
+        if tty && !quiet {
             let bar = indicatif::ProgressBar::new(view.counts.total);
             bar.set_style(
                 indicatif::ProgressStyle::with_template(
@@ -356,12 +436,12 @@ impl Client {
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );
             bar.enable_steady_tick(Duration::from_millis(200));
-            bar
-        });
+            *bar_slot = Some(bar);
+        }
         let mut last_line = Instant::now() - Duration::from_secs(10);
         let mut last_counts = None;
         while !view.state.is_terminal() {
-            if let Some(bar) = &bar {
+            if let Some(bar) = bar_slot.as_ref() {
                 bar.set_position(view.counts.done());
                 bar.set_message(progress_text(&view));
             } else if !quiet
@@ -379,14 +459,91 @@ impl Client {
                 last_counts = Some(view.counts);
             }
             view = self
-                .dag(id, false, Some(view.version), Duration::from_secs(20))
+                .dag(&id, false, Some(view.version), Duration::from_secs(20))
                 .await?;
         }
-        if let Some(bar) = bar {
-            bar.finish_and_clear();
-        }
-        self.dag(id, true, None, Duration::ZERO).await
+        Ok(view)
     }
+}
+
+/// Ctrl-C (SIGINT), listened for from the moment this is made: make it before telling the user
+/// anything they might answer with Ctrl-C, so no signal falls between the two.
+pub struct Interrupt {
+    #[cfg(unix)]
+    signal: Option<tokio::signal::unix::Signal>,
+}
+
+impl Interrupt {
+    /// Must be called inside a tokio runtime.
+    pub fn new() -> Interrupt {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Interrupt {
+                signal: signal(SignalKind::interrupt()).ok(),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            Interrupt {}
+        }
+    }
+
+    /// Resolves on the next Ctrl-C (never, if signals are unavailable).
+    pub async fn recv(&mut self) {
+        #[cfg(unix)]
+        match &mut self.signal {
+            Some(s) => {
+                s.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+impl Default for Interrupt {
+    fn default() -> Interrupt {
+        Interrupt::new()
+    }
+}
+
+/// Longest DAG file read (the API's own limit on a submission).
+const MAX_DAG_BYTES: u64 = 32 * 1024 * 1024;
+
+fn read_dag_file(file: &Path) -> Result<String, ClientError> {
+    let f = std::fs::File::open(file)
+        .map_err(|e| ClientError::Input(format!("cannot read {}: {e}", file.display())))?;
+    read_dag_text(f, &file.display().to_string())
+}
+
+fn read_stdin_dag() -> Result<String, ClientError> {
+    if std::io::stdin().is_terminal() {
+        eprintln!("reading the DAG from standard input (end with Ctrl-D)");
+    }
+    read_dag_text(std::io::stdin().lock(), "<stdin>")
+}
+
+fn read_dag_text(r: impl std::io::Read, shown: &str) -> Result<String, ClientError> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    r.take(MAX_DAG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| ClientError::Input(format!("cannot read {shown}: {e}")))?;
+    if bytes.len() as u64 > MAX_DAG_BYTES {
+        return Err(ClientError::Input(format!(
+            "{shown} is larger than the {} MiB a node accepts for a DAG",
+            MAX_DAG_BYTES >> 20
+        )));
+    }
+    String::from_utf8(bytes).map_err(|_| {
+        ClientError::Input(format!(
+            "{shown} is not a DAG file: it is not text (UTF-8); a DAG file is YAML"
+        ))
+    })
 }
 
 fn progress_text(v: &DagView) -> String {
@@ -401,15 +558,18 @@ fn progress_text(v: &DagView) -> String {
     format!("{} ({})", v.state.as_str(), parts.join(", "))
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
+/// Why a request got no answer, in a few words: reqwest's chain repeats the URL and wraps
+/// the cause three times (`error sending request for url (...): client error (Connect): tcp
+/// connect error: Connection refused (os error 111)`); the innermost cause is the news.
+fn unreachable_reason(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        return "no answer in time".into();
     }
-    s
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
 }
 
 /// `Ok` if the DAG succeeded, the exit-1 error otherwise.
@@ -473,7 +633,13 @@ fn short_peer(p: &str) -> String {
     }
 }
 
-/// A DAG as a table for people; long outputs are shown in full up to 20 lines each.
+/// Lines of one task's output or error shown in the table.
+const SHOWN_LINES: usize = 20;
+/// Characters of one such line shown (a 5,000-character line would fill the screen).
+const SHOWN_CHARS: usize = 160;
+
+/// A DAG as a table for people. Outputs and errors are cut to [`SHOWN_LINES`] lines of
+/// [`SHOWN_CHARS`] characters, with a hint naming the command that shows all of them.
 pub fn render_dag(v: &DagView) -> String {
     use std::fmt::Write;
     let mut out = String::new();
@@ -516,8 +682,8 @@ pub fn render_dag(v: &DagView) -> String {
             (_, _, Some(e)) => format!("error: {e}"),
             _ => String::new(),
         };
-        let mut lines = text.lines();
-        let first = lines.next().unwrap_or("");
+        let (lines, cut) = cut_text(&text, SHOWN_LINES, SHOWN_CHARS);
+        let first = lines.first().map(String::as_str).unwrap_or("");
         let _ = writeln!(
             out,
             "  {id:<width$}  {:<9}  {:>2}x  {node:<9}  {:>9}  {first}",
@@ -525,21 +691,42 @@ pub fn render_dag(v: &DagView) -> String {
             t.attempts,
             task_time(t, now)
         );
-        let rest: Vec<&str> = lines.collect();
         let pad = " ".repeat(width + 41);
-        for l in rest.iter().take(19) {
+        for l in lines.iter().skip(1) {
             let _ = writeln!(out, "{pad}{l}");
         }
-        if rest.len() > 19 {
+        if cut {
             let _ = writeln!(
                 out,
-                "{pad}… {} more lines (`dag {} --json` shows all)",
-                rest.len() - 19,
+                "{pad}… cut: {} lines, {} characters in all (`bx3-node dag {} --json` shows all)",
+                text.lines().count(),
+                text.chars().count(),
                 v.id
             );
         }
     }
     out
+}
+
+/// At most `max_lines` lines of at most `max_chars` characters each (a cut line ends in `…`);
+/// `true` if anything was left out.
+fn cut_text(text: &str, max_lines: usize, max_chars: usize) -> (Vec<String>, bool) {
+    let mut cut = text.lines().count() > max_lines;
+    let lines = text
+        .lines()
+        .take(max_lines)
+        .map(|l| {
+            if l.chars().count() > max_chars {
+                cut = true;
+                let mut s: String = l.chars().take(max_chars).collect();
+                s.push('…');
+                s
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    (lines, cut)
 }
 
 pub fn render_dags(list: &[DagSummary]) -> String {
@@ -639,13 +826,19 @@ pub fn render_status(s: &StatusView) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let e = &s.executors;
+    let role = match s.role {
+        NodeRole::Controller => "controller",
+        NodeRole::Follower => "follower",
+        NodeRole::Candidate => "candidate (an election is under way)",
+    };
     let _ = writeln!(out, "node      {}", s.peer_id);
-    let _ = writeln!(
-        out,
-        "leader    {} (term {})",
-        s.leader.as_deref().unwrap_or("none yet"),
-        s.term
-    );
+    let _ = writeln!(out, "role      {role} (term {})", s.term);
+    let leader = match s.leader.as_deref() {
+        None => "none yet".to_string(),
+        Some(l) if l == s.peer_id => "this node".to_string(),
+        Some(l) => l.to_string(),
+    };
+    let _ = writeln!(out, "leader    {leader}");
     let _ = writeln!(
         out,
         "executors {} busy / {} total, {} MB each (available RAM {} MB, keeping {} MB free{})",
@@ -680,10 +873,16 @@ pub fn render_status(s: &StatusView) -> String {
     }
     let _ = writeln!(out, "peers     {}", s.peers.len());
     for p in &s.peers {
+        let leader = if s.leader.as_deref() == Some(p.peer_id.as_str()) {
+            " (leader)"
+        } else {
+            ""
+        };
         let _ = writeln!(
             out,
-            "  {}  {} busy / {} executors{}, replica at batch {} ({} behind), {}",
+            "  {}{leader}{}  {} busy / {} executors{}, replica at batch {} ({} behind), {}",
             p.peer_id,
+            if p.alive { "" } else { " DOWN" },
             p.executors.busy,
             p.executors.total,
             p.executors
@@ -698,6 +897,9 @@ pub fn render_status(s: &StatusView) -> String {
                 "not connected (heard through other nodes)"
             }
         );
+        if !p.addrs.is_empty() {
+            let _ = writeln!(out, "    at {}", p.addrs.join(", "));
+        }
     }
     out
 }
@@ -791,6 +993,42 @@ mod tests {
             render_logs("D", "t", &bare),
             "== D t: succeeded after 1 attempt(s), last on n3 ==\n(no stderr)\n"
         );
+    }
+
+    #[test]
+    fn long_outputs_are_cut_with_a_hint() {
+        let mut v: DagView = serde_json::from_value(serde_json::json!({
+            "id": "01a231d7ac28aabbccdd", "name": "n", "state": "succeeded",
+            "tasks": {}, "order": ["a", "b"]
+        }))
+        .expect("view");
+        let long_line = "x".repeat(5000);
+        let many_lines: String = (0..100).map(|i| format!("line {i}\n")).collect();
+        for (id, output) in [("a", long_line), ("b", many_lines)] {
+            v.tasks.insert(
+                id.into(),
+                bx3_protocol::api::TaskView {
+                    state: TaskState::Succeeded,
+                    output: Some(output),
+                    attempts: 1,
+                    ..Default::default()
+                },
+            );
+        }
+        let shown = render_dag(&v);
+        assert!(shown.len() < 2000, "{} characters shown", shown.len());
+        assert!(shown.contains("5000 characters in all"), "{shown}");
+        assert!(shown.contains("100 lines"), "{shown}");
+        assert!(
+            shown.contains("line 19") && !shown.contains("line 20"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("bx3-node dag 01a231d7ac28aabbccdd --json"),
+            "{shown}"
+        );
+        let (lines, cut) = cut_text("short\ntext", 20, 160);
+        assert_eq!((lines.len(), cut), (2, false));
     }
 
     #[test]

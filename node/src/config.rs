@@ -1,10 +1,18 @@
 //! Node configuration: one struct, defaults, `BX3_*` environment variables and flags (clap
-//! reads both), then `validate()` turns it into the `Config` the node runs with.
+//! reads both), an optional YAML file (`--config FILE`), then `validate()` turns it into the
+//! `Config` the node runs with.
+//!
+//! Precedence, highest first: a flag, its `BX3_*` variable, the config file, the built-in
+//! default. The config file is not a second list of options: its keys *are* the long flags of
+//! `bx3-node run` (`max-executors: 4`, or `max_executors: 4`), found by looking at the clap
+//! command itself ([`apply_file`]), so a flag added to [`RunArgs`] is a config key the moment it
+//! exists, and a key that is not a flag is refused, naming it.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use clap::Args;
+use clap::{ArgAction, Args};
 use libp2p::Multiaddr;
 
 /// Defaults kept from the original system: 128 MB per executor, 512 MB of RAM left free.
@@ -64,9 +72,20 @@ pub struct RunArgs {
     #[arg(long, env = "BX3_MAX_EXECUTORS", value_name = "N")]
     pub max_executors: Option<usize>,
 
+    /// Testing only: serve /v1/debug/* on the API (cut this node off from a peer and back, as
+    /// `testnet.sh partition` does). Anyone who can reach the API can then isolate the node.
+    #[arg(long, env = "BX3_DEBUG_API")]
+    pub debug_api: bool,
+
     /// Test hook: read "available RAM" (MB) from this file instead of the OS.
     #[arg(long, hide = true, value_name = "PATH")]
     pub ram_file: Option<PathBuf>,
+
+    /// Porting hook: start executor processes through this command (split on spaces), e.g.
+    /// "qemu-aarch64-static -L /usr/aarch64-linux-gnu" for a node that itself runs under
+    /// qemu-user where no binfmt handler is registered (scripts/arm-smoke.sh).
+    #[arg(long, hide = true, value_name = "CMD")]
+    pub executor_wrapper: Option<String>,
 }
 
 /// The validated configuration a node runs with.
@@ -83,6 +102,10 @@ pub struct Config {
     pub min_free_ram_mb: u64,
     pub max_executors: Option<usize>,
     pub ram_file: Option<PathBuf>,
+    /// Executor processes are started through this command (empty: directly).
+    pub executor_wrapper: Vec<String>,
+    /// Serve the debug endpoints (`--debug-api`).
+    pub debug_api: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -173,7 +196,241 @@ impl RunArgs {
             min_free_ram_mb: self.min_free_ram,
             max_executors: self.max_executors,
             ram_file: self.ram_file.clone(),
+            executor_wrapper: self
+                .executor_wrapper
+                .as_deref()
+                .map(|w| w.split_whitespace().map(str::to_string).collect())
+                .unwrap_or_default(),
+            debug_api: self.debug_api,
         })
+    }
+}
+
+/// Why a config file was refused. Each message names the file and, where there is one, the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigFileError {
+    #[error("cannot read config file {path}: {error}")]
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("config file {path} is not valid YAML: {error}")]
+    Yaml { path: PathBuf, error: String },
+    #[error("config file {path} must be a mapping of flag names to values (`max-executors: 4`)")]
+    NotAMapping { path: PathBuf },
+    #[error("config file {path}: {key}: {reason}")]
+    Key {
+        path: PathBuf,
+        key: String,
+        reason: String,
+    },
+}
+
+/// Longest config file read (it is a handful of keys; this keeps a wrong path such as a disk
+/// image from being read whole).
+const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// The subcommand whose flags are the config file's keys.
+const NODE_COMMAND: &str = "run";
+
+/// Arguments that are never config keys: clap's own, and `config` itself (files do not nest).
+fn is_config_key(arg: &clap::Arg) -> bool {
+    !arg.is_hide_set()
+        && !matches!(arg.get_id().as_str(), "help" | "version" | "config")
+        && arg.get_long().is_some()
+}
+
+/// The config keys: the long flags of `bx3-node run`, in the order `--help` shows them.
+pub fn config_keys(cmd: &clap::Command) -> Vec<&clap::Arg> {
+    cmd.find_subcommand(NODE_COMMAND)
+        .map(|run| run.get_arguments().filter(|a| is_config_key(a)).collect())
+        .unwrap_or_default()
+}
+
+/// Reads a YAML config file and makes its values the defaults of `cmd`'s arguments.
+///
+/// Every key must be a long flag of `bx3-node run` (`-` and `_` are the same); its value is
+/// checked with the flag's own parser. The value becomes the default of that flag on `run`
+/// and on a bare `bx3-node`, and of every other subcommand's flag that reads the same `BX3_*`
+/// variable (so `bx3-node --config node.yaml status` finds the node through its `api` and
+/// `data-dir`). Defaults are what flags and variables override, which gives the precedence
+/// flag > variable > file > built-in default without touching the process environment.
+pub fn apply_file(cmd: clap::Command, path: &Path) -> Result<clap::Command, ConfigFileError> {
+    let text = read_bounded(path).map_err(|error| ConfigFileError::Read {
+        path: path.to_path_buf(),
+        error,
+    })?;
+    apply_yaml(cmd, path, &text)
+}
+
+fn read_bounded(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    let file = std::fs::File::open(path)?;
+    file.take(MAX_CONFIG_BYTES + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(std::io::Error::other(format!(
+            "larger than {} KiB; is this a config file?",
+            MAX_CONFIG_BYTES / 1024
+        )));
+    }
+    Ok(text)
+}
+
+/// [`apply_file`] on text already read (`path` is for messages).
+pub fn apply_yaml(
+    mut cmd: clap::Command,
+    path: &Path,
+    text: &str,
+) -> Result<clap::Command, ConfigFileError> {
+    let value: serde_yaml::Value =
+        serde_yaml::from_str(text).map_err(|e| ConfigFileError::Yaml {
+            path: path.to_path_buf(),
+            error: e.to_string(),
+        })?;
+    let map = match value {
+        serde_yaml::Value::Mapping(m) => m,
+        // An empty file (or one of comments only) sets nothing.
+        serde_yaml::Value::Null => return Ok(cmd),
+        _ => {
+            return Err(ConfigFileError::NotAMapping {
+                path: path.to_path_buf(),
+            })
+        }
+    };
+    let key_error = |key: &str, reason: String| ConfigFileError::Key {
+        path: path.to_path_buf(),
+        key: key.to_string(),
+        reason,
+    };
+    // (arg id, env var, values) for each key, checked before anything is applied.
+    let mut settings: Vec<(clap::Id, Option<OsString>, Vec<String>)> = Vec::new();
+    {
+        let keys = config_keys(&cmd);
+        for (key, value) in &map {
+            let key = match key {
+                serde_yaml::Value::String(k) => k.as_str(),
+                other => {
+                    let shown = serde_yaml::to_string(other).unwrap_or_default();
+                    return Err(key_error(
+                        shown.trim(),
+                        "keys must be flag names (text)".into(),
+                    ));
+                }
+            };
+            let long = key.replace('_', "-");
+            let Some(arg) = keys.iter().find(|a| a.get_long() == Some(long.as_str())) else {
+                return Err(key_error(key, unknown_key_reason(&long, &keys)));
+            };
+            let values = values_of(arg, value).map_err(|reason| key_error(key, reason))?;
+            check_values(arg, &values).map_err(|reason| key_error(key, reason))?;
+            let env = arg.get_env().map(ToOwned::to_owned);
+            settings.push((arg.get_id().clone(), env, values));
+        }
+    }
+    for (id, env, values) in settings {
+        let set = |a: clap::Arg| a.default_values(values.iter().cloned());
+        if cmd.get_arguments().any(|a| a.get_id() == &id) {
+            cmd = cmd.mut_arg(id.clone(), set);
+        }
+        cmd = cmd.mut_subcommand(NODE_COMMAND, |run| run.mut_arg(id.clone(), set));
+        // Other subcommands share a key when their flag reads the same variable.
+        let Some(env) = env else { continue };
+        let names: Vec<String> = cmd
+            .get_subcommands()
+            .filter(|sc| sc.get_name() != NODE_COMMAND)
+            .filter(|sc| {
+                sc.get_arguments()
+                    .any(|a| a.get_env() == Some(env.as_os_str()))
+            })
+            .map(|sc| sc.get_name().to_string())
+            .collect();
+        for name in names {
+            cmd = cmd.mut_subcommand(name, |sc| {
+                let ids: Vec<clap::Id> = sc
+                    .get_arguments()
+                    .filter(|a| a.get_env() == Some(env.as_os_str()))
+                    .map(|a| a.get_id().clone())
+                    .collect();
+                ids.into_iter().fold(sc, |sc, id| sc.mut_arg(id, set))
+            });
+        }
+    }
+    Ok(cmd)
+}
+
+fn unknown_key_reason(long: &str, keys: &[&clap::Arg]) -> String {
+    let names: Vec<&str> = keys.iter().filter_map(|a| a.get_long()).collect();
+    let close = names
+        .iter()
+        .map(|n| (strsim_distance(long, n), *n))
+        .filter(|(d, _)| *d <= 3)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, n)| format!(" (did you mean {n:?}?)"))
+        .unwrap_or_default();
+    format!(
+        "unknown key{close}; the keys are the long flags of `bx3-node run`: {}",
+        names.join(", ")
+    )
+}
+
+/// Levenshtein distance (the key lists are a dozen short names: no crate needed).
+fn strsim_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// The YAML value as the strings clap would get on the command line.
+fn values_of(arg: &clap::Arg, value: &serde_yaml::Value) -> Result<Vec<String>, String> {
+    use serde_yaml::Value;
+    let flag = matches!(arg.get_action(), ArgAction::SetTrue | ArgAction::SetFalse);
+    let many = matches!(arg.get_action(), ArgAction::Append);
+    let scalar = |v: &Value| -> Result<String, String> {
+        match v {
+            Value::String(s) => Ok(s.clone()),
+            Value::Number(n) => Ok(n.to_string()),
+            Value::Bool(b) => Ok(b.to_string()),
+            Value::Null => Err("has no value".into()),
+            _ => Err("must be a single value, not a list or a mapping".into()),
+        }
+    };
+    match value {
+        Value::Bool(_) if flag => scalar(value).map(|v| vec![v]),
+        _ if flag => Err("is a switch: write true or false".into()),
+        Value::Sequence(items) if many => items.iter().map(scalar).collect(),
+        Value::Sequence(_) => Err("takes one value, not a list".into()),
+        v => scalar(v).map(|v| vec![v]),
+    }
+}
+
+/// Runs the flag's own parser on the values, as if they were typed after it.
+fn check_values(arg: &clap::Arg, values: &[String]) -> Result<(), String> {
+    if matches!(arg.get_action(), ArgAction::SetTrue | ArgAction::SetFalse) {
+        return Ok(()); // a YAML bool, already checked
+    }
+    let Some(long) = arg.get_long() else {
+        return Ok(());
+    };
+    let probe = clap::Command::new("config")
+        .no_binary_name(true)
+        .arg(arg.clone().required(false).env(None::<&str>));
+    let argv = values.iter().map(|v| format!("--{long}={v}"));
+    match probe.try_get_matches_from(argv) {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let rendered = e.render().to_string();
+            let first = rendered.lines().next().unwrap_or("invalid value");
+            Err(first.trim_start_matches("error: ").to_string())
+        }
     }
 }
 

@@ -28,10 +28,12 @@ use bx3_protocol::wire;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
-    #[error("cannot use data dir {path}: {source}")]
+    // The io error is part of the message, not a `source`: a message plus its source chain
+    // printed it twice ("Address already in use (os error 98): Address already in use ...").
+    #[error("cannot use data dir {path}: {error}")]
     DataDir {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error(
         "data dir {path} is in use by another bx3-node{holder}; stop it or pass another --data-dir"
@@ -41,11 +43,8 @@ pub enum NodeError {
     Identity { path: PathBuf, reason: String },
     #[error("cannot open the database: {0}")]
     Store(#[from] StoreError),
-    #[error("cannot listen for the API on {addr}: {source}")]
-    Bind {
-        addr: String,
-        source: std::io::Error,
-    },
+    #[error("cannot listen for the API on {addr}: {error}")]
+    Bind { addr: String, error: std::io::Error },
     #[error("cannot find the bx3-node executable to start executors: {0}")]
     Exe(std::io::Error),
     #[error("cannot start networking: {0}")]
@@ -57,9 +56,9 @@ pub enum NodeError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> NodeError + '_ {
-    move |source| NodeError::DataDir {
+    move |error| NodeError::DataDir {
         path: path.to_path_buf(),
-        source,
+        error,
     }
 }
 
@@ -189,6 +188,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
             exe,
             data_dir: dir.clone(),
             metrics: metrics.clone(),
+            wrapper: config.executor_wrapper.clone(),
         },
         sizer,
         done_tx,
@@ -230,6 +230,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
         shutdown.clone(),
     )
     .map_err(|e| NodeError::Net(e.to_string()))?;
+    let replica = store.clone();
+    let debug_net = config.debug_api.then(|| net_client.clone());
     let (actor, handle) = Runtime::new(runtime::Parts {
         keypair: key.clone(),
         store,
@@ -263,13 +265,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
 
     let listener = tokio::net::TcpListener::bind(config.api)
         .await
-        .map_err(|source| NodeError::Bind {
+        .map_err(|error| NodeError::Bind {
             addr: config.api.to_string(),
-            source,
+            error,
         })?;
-    let local = listener.local_addr().map_err(|source| NodeError::Bind {
+    let local = listener.local_addr().map_err(|error| NodeError::Bind {
         addr: config.api.to_string(),
-        source,
+        error,
     })?;
     let url = format!("http://{local}");
     let state = ApiState {
@@ -278,7 +280,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
         compiled_dir,
         compile_slots: Arc::new(Semaphore::new(2)),
         metrics,
+        store: replica,
+        debug: debug_net.map(|net| api::Debug { net }),
     };
+    if state.debug.is_some() {
+        tracing::warn!(
+            "debug API enabled (--debug-api): whoever reaches the API can cut this node off \
+             from its peers; for tests only"
+        );
+    }
     {
         let shutdown = shutdown.clone();
         tasks.spawn(async move {

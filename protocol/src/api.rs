@@ -521,6 +521,15 @@ pub struct StatusView {
     pub controller_changes: Vec<ControllerChange>,
 }
 
+/// `POST /v1/debug/block` (nodes started with `--debug-api` only): cut this node off from a
+/// peer (`blocked: true`) or connect them again.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BlockRequest {
+    pub peer: String,
+    pub blocked: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

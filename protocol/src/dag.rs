@@ -390,6 +390,12 @@ pub enum DagError {
         message: String,
     },
 
+    /// The file is YAML but not a mapping at all (a text file, a list, a number...).
+    #[error(
+        "not a DAG file: a DAG file is a YAML mapping with `name` and `tasks`, and this is {found}"
+    )]
+    NotADag { found: String },
+
     #[error("the DAG has no `name` (or it is empty); add e.g. `name: \"My pipeline\"`")]
     EmptyName,
 
@@ -568,6 +574,25 @@ fn fmt_cycle(path: &[String]) -> String {
     out
 }
 
+/// Clips every `"..."` run of a message (serde_yaml quotes values it refuses, whole).
+fn clip_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len().min(1024));
+    let mut parts = message.split('"');
+    if let Some(first) = parts.next() {
+        out.push_str(first);
+    }
+    for (i, part) in parts.enumerate() {
+        out.push('"');
+        // Odd pieces are inside quotes.
+        if i % 2 == 0 {
+            out.push_str(&clip(part));
+        } else {
+            out.push_str(part);
+        }
+    }
+    out
+}
+
 /// Shortens user text quoted in an error message.
 fn clip(s: &str) -> String {
     const MAX: usize = 64;
@@ -581,6 +606,25 @@ impl DagError {
     fn from_yaml(err: serde_yaml::Error) -> DagError {
         let location = err.location();
         let mut message = err.to_string();
+        // A document that is not a mapping: serde_yaml quotes the whole value ("invalid type:
+        // string \"<the entire file>\", expected struct DagSpec"); say what it is instead.
+        if let Some(rest) = message.strip_prefix("invalid type: ") {
+            if message.contains("expected struct DagSpec") {
+                let kind = rest.split([' ', ',']).next().unwrap_or("something else");
+                let found = match kind {
+                    "string" => "text",
+                    "sequence" => "a list",
+                    "integer" | "floating" => "a number",
+                    "boolean" => "a boolean",
+                    "unit" => "empty",
+                    _ => "something else",
+                };
+                return DagError::NotADag {
+                    found: found.to_string(),
+                };
+            }
+        }
+        message = clip_quoted(&message);
         // serde_yaml appends " at line L column C"; we report the location in
         // our own fields (and our own wording), so drop the duplicate.
         if let Some(loc) = &location {
@@ -1415,6 +1459,21 @@ tasks:
                 vec!["YAML error at line"],
             ),
             (
+                "# A README\n\nSome prose, not a DAG at all.\n".into(),
+                |e| matches!(e, DagError::NotADag { .. }),
+                vec!["not a DAG file", "this is text"],
+            ),
+            (
+                "- a\n- b\n".into(),
+                |e| matches!(e, DagError::NotADag { .. }),
+                vec!["not a DAG file", "a list"],
+            ),
+            (
+                format!("name: x\ntasks:\n  - id: a\n    module: [\"{}\"]\n", "y".repeat(5000)),
+                |e| matches!(e, DagError::Yaml { .. }) && e.to_string().len() < 400,
+                vec!["module"],
+            ),
+            (
                 "name: x\nnmae: y\ntasks: []\n".into(),
                 |e| matches!(e, DagError::Yaml { line: Some(2), column: Some(1), .. }),
                 vec!["line 2, column 1", "unknown field `nmae`", "`name`"],
@@ -1461,8 +1520,8 @@ tasks:
             ),
             (
                 "just a string".into(),
-                |e| matches!(e, DagError::Yaml { line: Some(1), column: Some(1), .. }),
-                vec!["expected struct DagSpec"],
+                |e| matches!(e, DagError::NotADag { .. }),
+                vec!["not a DAG file", "`name` and `tasks`", "this is text"],
             ),
             // --- DAG-level checks ---
             (

@@ -183,9 +183,97 @@ impl fmt::Debug for ModuleHash {
     }
 }
 
+/// The start of a DAG id, as people type it (like a short git hash): at least
+/// [`DagIdPrefix::MIN_LEN`] hex digits, at most all 20.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DagIdPrefix {
+    /// The whole bytes of the prefix (two hex digits each).
+    bytes: Vec<u8>,
+    /// A last, odd hex digit: the high nibble of the next byte.
+    half: Option<u8>,
+}
+
+/// A string that is neither a DAG id nor a usable prefix of one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{0:?} is not a DAG id or a prefix of one (DAG ids are 20 hex digits; give at least 4 of \
+     the first ones)"
+)]
+pub struct BadDagIdPrefix(pub String);
+
+impl DagIdPrefix {
+    /// Shorter prefixes match too much to be useful (ids start with their creation time).
+    pub const MIN_LEN: usize = 4;
+
+    /// The byte prefix every matching id's key starts with.
+    pub fn key_prefix(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    pub fn matches(&self, id: &DagId) -> bool {
+        let b = id.as_bytes();
+        b.starts_with(&self.bytes)
+            && self
+                .half
+                .is_none_or(|h| b.get(self.bytes.len()).is_some_and(|next| next >> 4 == h))
+    }
+
+    /// The full id, when the prefix is one.
+    pub fn as_id(&self) -> Option<DagId> {
+        match self.half {
+            None => DagId::from_bytes(&self.bytes),
+            Some(_) => None,
+        }
+    }
+}
+
+impl FromStr for DagIdPrefix {
+    type Err = BadDagIdPrefix;
+    fn from_str(s: &str) -> Result<DagIdPrefix, BadDagIdPrefix> {
+        let bad = || BadDagIdPrefix(s.chars().take(64).collect());
+        let digits: Option<Vec<u8>> = s
+            .bytes()
+            .map(|c| (c as char).to_digit(16).map(|d| d as u8))
+            .collect();
+        let digits = digits.ok_or_else(bad)?;
+        if digits.len() < Self::MIN_LEN || digits.len() > 2 * DagId::LEN {
+            return Err(bad());
+        }
+        let bytes = digits.chunks_exact(2).map(|p| (p[0] << 4) | p[1]).collect();
+        let half = (digits.len() % 2 == 1).then(|| digits[digits.len() - 1]);
+        Ok(DagIdPrefix { bytes, half })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefixes_match_like_short_git_hashes() {
+        let id: DagId = "01a231d7ac28aabbccdd".parse().expect("id");
+        let other: DagId = "01a231d7ac29aabbccdd".parse().expect("id");
+        for (prefix, hit, hit_other) in [
+            ("01a2", true, true),
+            ("01a23", true, true),
+            ("01a231d7ac28", true, false),
+            ("01a231d7ac2", true, true),
+            ("01A231D7AC28", true, false),
+            ("01a231d7ac28aabbccdd", true, false),
+            ("01a3", false, false),
+            ("01a24", false, false),
+        ] {
+            let p: DagIdPrefix = prefix.parse().expect(prefix);
+            assert_eq!(p.matches(&id), hit, "{prefix}");
+            assert_eq!(p.matches(&other), hit_other, "{prefix}");
+        }
+        let full: DagIdPrefix = "01a231d7ac28aabbccdd".parse().expect("full");
+        assert_eq!(full.as_id(), Some(id));
+        assert_eq!("01a23".parse::<DagIdPrefix>().expect("odd").as_id(), None);
+        for bad in ["", "01a", "xyz1", "01a231d7ac28aabbccdd0", "01a2 ", "é1a2"] {
+            assert!(bad.parse::<DagIdPrefix>().is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn display_parse_round_trip_and_time_order() {

@@ -9,6 +9,7 @@
 //! GET  /v1/dags/{id}?tasks=BOOL&after=VERSION&wait_ms=MS -> DagView   (long poll when `after`)
 //!      &task_offset=N&task_limit=N&state=S,S&q=TEXT&task=ID&preview=CHARS -> a page of tasks
 //! POST /v1/dags/{id}/cancel    -> DagView
+//!      ({id}: the full id or a unique prefix of at least 4 hex digits)
 //! GET  /v1/status              -> StatusView
 //! GET  /metrics                -> OpenMetrics text (Prometheus)
 //! GET  /  and  /ui/{file}      -> the dashboard (static files built into the binary)
@@ -31,7 +32,7 @@ use bx3_protocol::api::{
     ErrorBody, ModuleUploaded, StatusView, SubmitRequest, SubmitResponse, TaskQuery, TaskState,
 };
 use bx3_protocol::dag::parse_dag;
-use bx3_protocol::ids::{DagId, ModuleHash};
+use bx3_protocol::ids::{DagId, DagIdPrefix, ModuleHash};
 use serde::Deserialize;
 use tokio::sync::Semaphore;
 
@@ -39,7 +40,7 @@ use crate::executor::runtime::Runtime;
 use crate::metrics::Metrics;
 use crate::runtime::{CallError, Handle};
 use crate::store::modules::{is_hash, sha256_hex};
-use crate::store::{ModuleStore, SpecRecord};
+use crate::store::{ModuleStore, SpecRecord, Store};
 use bx3_protocol::mesh::Refusal;
 
 /// Largest module accepted.
@@ -59,10 +60,29 @@ pub struct ApiState {
     pub compile_slots: Arc<Semaphore>,
     /// The node's metrics, served at `/metrics` (module compile times are recorded here).
     pub metrics: Metrics,
+    /// This node's replica, read-only: resolves DAG id prefixes (`dag 01a231d7`) on any node.
+    pub store: Store,
+    /// The testing endpoints under `/v1/debug/`, only with `--debug-api`.
+    pub debug: Option<Debug>,
+}
+
+/// What the debug endpoints act on.
+#[derive(Clone)]
+pub struct Debug {
+    /// To cut this node off from a peer and back (`net::Client::block`).
+    pub net: crate::net::Client,
 }
 
 pub fn router(state: ApiState) -> Router {
-    Router::new()
+    let debug = state.debug.is_some();
+    let router = Router::new();
+    // Testing only, and absent (404) unless the node runs with --debug-api.
+    let router = if debug {
+        router.route("/v1/debug/block", post(debug_block))
+    } else {
+        router
+    };
+    router
         .route(
             "/v1/modules",
             put(put_module).layer(DefaultBodyLimit::max(MAX_MODULE_BYTES)),
@@ -181,10 +201,59 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn parse_id(id: &str) -> Result<DagId, ApiError> {
-    id.parse().map_err(|e: bx3_protocol::ids::BadDagId| {
-        ApiError::new(StatusCode::NOT_FOUND, e.to_string())
+/// How many candidates an ambiguous prefix lists.
+const MAX_CANDIDATES: usize = 10;
+
+/// A DAG id as a user typed it: the full id, or (like a short git hash) a prefix of at least
+/// four hex digits that only one DAG in this node's replica starts with. Every node holds a
+/// replica of every DAG, so any node resolves prefixes; a DAG too new to have reached this
+/// node's replica is found by its full id.
+async fn resolve_id(st: &ApiState, text: &str) -> Result<DagId, ApiError> {
+    let prefix: DagIdPrefix = text
+        .parse()
+        .map_err(|e: bx3_protocol::ids::BadDagIdPrefix| {
+            ApiError::new(StatusCode::NOT_FOUND, e.to_string())
+        })?;
+    if let Some(id) = prefix.as_id() {
+        return Ok(id);
+    }
+    let store = st.store.clone();
+    let shown = text.to_string();
+    let found = tokio::task::spawn_blocking(move || {
+        let ids = store.ids_with_prefix(&prefix, MAX_CANDIDATES + 1)?;
+        ids.into_iter()
+            .map(|id| Ok((id, store.meta(&id)?)))
+            .collect::<Result<Vec<_>, crate::store::StoreError>>()
     })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    match found.as_slice() {
+        [] => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no DAG id starts with {shown:?} (`bx3-node dags` lists them)"),
+        )),
+        [(id, _)] => Ok(*id),
+        many => {
+            let listed: Vec<String> = many
+                .iter()
+                .take(MAX_CANDIDATES)
+                .map(|(id, meta)| match meta {
+                    Some(m) => format!("{id} {:?} ({})", m.name, m.state.as_str()),
+                    None => id.to_string(),
+                })
+                .collect();
+            let more = if many.len() > MAX_CANDIDATES {
+                ", and more"
+            } else {
+                ""
+            };
+            Err(ApiError::bad_request(format!(
+                "DAG id prefix {shown:?} is ambiguous: {}{more}; give more digits",
+                listed.join(", ")
+            )))
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -226,7 +295,10 @@ async fn put_module(
         if let Err(e) = checked {
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                format!("{name} is not a usable WASI module: {e}"),
+                format!(
+                    "{name} is not a usable WASI module: {}",
+                    crate::executor::local::one_line(&e)
+                ),
             ));
         }
         st.modules.put(&bytes).map_err(|e| {
@@ -399,7 +471,7 @@ async fn get_dag(
     Path(id): Path<String>,
     Query(q): Query<DagQuery>,
 ) -> Result<Response, ApiError> {
-    let id = parse_id(&id)?;
+    let id = resolve_id(&st, &id).await?;
     let tasks = q.tasks.unwrap_or(true);
     let page = q.page()?;
     let wait = Duration::from_millis(q.wait_ms.unwrap_or(30_000)).min(MAX_WAIT);
@@ -412,8 +484,34 @@ async fn get_dag(
 }
 
 async fn cancel(State(st): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let id = parse_id(&id)?;
+    let id = resolve_id(&st, &id).await?;
     Ok(Json(st.controller.cancel(id).await?).into_response())
+}
+
+/// `POST /v1/debug/block {"peer": ID, "blocked": BOOL}`: drop and refuse every connection with
+/// the peer (or allow them again): one side of a partition, without root or namespaces.
+async fn debug_block(
+    State(st): State<ApiState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<bx3_protocol::api::BlockRequest>, ApiError> {
+    let body = body?;
+    let req: bx3_protocol::api::BlockRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("bad block request: {e}")))?;
+    let peer: libp2p::PeerId = req
+        .peer
+        .parse()
+        .map_err(|e| ApiError::bad_request(format!("{:?} is not a peer id: {e}", req.peer)))?;
+    let Some(debug) = &st.debug else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "the debug API is off"));
+    };
+    debug.net.block(peer, req.blocked).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot block: {e}"),
+        )
+    })?;
+    tracing::warn!(%peer, blocked = req.blocked, "debug API: peer {}", if req.blocked { "blocked" } else { "unblocked" });
+    Ok(Json(req))
 }
 
 async fn status(State(st): State<ApiState>) -> Result<Json<StatusView>, ApiError> {

@@ -14,6 +14,7 @@
 
 pub mod child;
 pub mod frame;
+pub mod local;
 pub mod runtime;
 pub mod sizing;
 pub mod wasi;
@@ -108,6 +109,9 @@ pub struct PoolConfig {
     pub data_dir: PathBuf,
     /// Attempts started and finished here, and how long they took.
     pub metrics: crate::metrics::Metrics,
+    /// A program (and its arguments) that executor processes are started through, e.g. an
+    /// emulator (`qemu-aarch64-static`) when the node itself runs under one; empty: none.
+    pub wrapper: Vec<String>,
 }
 
 impl Pool {
@@ -262,7 +266,15 @@ struct Executor {
 
 impl Executor {
     async fn spawn(config: &PoolConfig) -> std::io::Result<Executor> {
-        let mut child = Command::new(&config.exe)
+        let mut command = match config.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&config.exe);
+                c
+            }
+            None => Command::new(&config.exe),
+        };
+        let mut child = command
             .arg("__executor")
             .arg("--data-dir")
             .arg(&config.data_dir)

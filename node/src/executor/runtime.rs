@@ -90,6 +90,9 @@ pub enum Outcome {
 pub enum ExecError {
     #[error("invalid WebAssembly module: {0}")]
     Compile(String),
+    /// Not a core WebAssembly module at all (the header says what it is instead).
+    #[error("{0}")]
+    NotWasm(String),
     #[error("not a WASI command: the module must export a function `_start` of type [] -> []")]
     NotCommand,
     #[error(
@@ -127,14 +130,52 @@ fn list(problems: &[ExecError]) -> String {
 /// features, a `_start` export of type `[] -> []`, and only `wasi_snapshot_preview1` function
 /// imports with the right types. Does not compile (validation + a header scan: fast).
 pub fn check_module(wasm: &[u8]) -> Result<(), ExecError> {
+    check_header(wasm)?;
     Module::validate(validation_engine(), wasm).map_err(|e| ExecError::Compile(e.to_string()))?;
     let (imports, start) = scan(wasm).map_err(ExecError::Compile)?;
     plan_imports(imports, start).map(drop)
 }
 
+/// The first 8 bytes, said in words: wasmer's own message for a wrong magic number is a dump
+/// of both byte arrays, and a component (`wasm32-wasip2`) deserves a hint.
+fn check_header(wasm: &[u8]) -> Result<(), ExecError> {
+    const MAGIC: &[u8; 4] = b"\0asm";
+    let Some(head) = wasm.get(..8) else {
+        return Err(ExecError::NotWasm(format!(
+            "not a WebAssembly module: {} bytes is too short to be one",
+            wasm.len()
+        )));
+    };
+    if &head[..4] != MAGIC {
+        let text = head
+            .iter()
+            .all(|b| b.is_ascii_graphic() || b.is_ascii_whitespace());
+        return Err(ExecError::NotWasm(format!(
+            "not a WebAssembly module (a .wasm file starts with \\0asm){}",
+            if text {
+                "; this looks like a text file"
+            } else {
+                ""
+            }
+        )));
+    }
+    match [head[4], head[5], head[6], head[7]] {
+        [1, 0, 0, 0] => Ok(()),
+        [0x0d, 0x00, 0x01, 0x00] => Err(ExecError::NotWasm(
+            "this is a WebAssembly component (WASI preview 2), not a core module: build for \
+             wasm32-wasip1 (preview 1)"
+                .into(),
+        )),
+        [a, b, c, d] => Err(ExecError::NotWasm(format!(
+            "WebAssembly binary version {} is not supported (bx3 runs version 1)",
+            u32::from_le_bytes([a, b, c, d])
+        ))),
+    }
+}
+
 /// Version of wasmer whose artifacts we cache: must follow the `=7.1.0` pin in Cargo.toml.
 /// (wasmer's own artifact header check is a second line of defence.)
-const WASMER_VERSION: &str = "7.1.0";
+pub const WASMER_VERSION: &str = "7.1.0";
 /// Bump when anything about how we configure the engine or lay out cache files changes.
 const CACHE_FORMAT: u32 = 1;
 /// Cache files end with `sha256(payload) ++ CACHE_MAGIC`.
@@ -193,6 +234,7 @@ impl Runtime {
             });
         }
         // Cheap structural checks first, so we do not compile something we will refuse.
+        check_header(wasm)?;
         let (imports, start) = scan(wasm).map_err(ExecError::Compile)?;
         plan_imports(imports, start)?;
         let module =
@@ -1233,11 +1275,18 @@ mod tests {
     fn garbage_is_a_compile_error() {
         let wasm = b"definitely not wasm".to_vec();
         let (mut rt, _dir) = runtime();
-        assert!(matches!(
-            rt.prepare(&sha(&wasm), &wasm),
-            Err(ExecError::Compile(_))
-        ));
-        assert!(matches!(check_module(&wasm), Err(ExecError::Compile(_))));
+        // Not wasm at all: said in words, in one line (wasmer's own message dumps the bytes).
+        let err = rt.prepare(&sha(&wasm), &wasm).expect_err("not wasm");
+        assert!(matches!(err, ExecError::NotWasm(_)), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "not a WebAssembly module (a .wasm file starts with \\0asm); this looks like a text file"
+        );
+        assert!(matches!(check_module(&wasm), Err(ExecError::NotWasm(_))));
+        assert!(matches!(check_module(b"\0as"), Err(ExecError::NotWasm(_))));
+        let component = b"\0asm\x0d\0\x01\0";
+        let err = check_module(component).expect_err("a component");
+        assert!(err.to_string().contains("wasm32-wasip1"), "{err}");
         // valid header, broken body
         let mut wasm = fixture("hello");
         let n = wasm.len();

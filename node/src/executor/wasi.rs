@@ -81,6 +81,8 @@ pub enum WasiFn {
     FdFdstatGet,
     FdFdstatSetFlags,
     FdSeek,
+    FdPread,
+    FdPwrite,
     FdFilestatGet,
     FdPrestatGet,
     FdPrestatDirName,
@@ -97,7 +99,7 @@ const I32: Type = Type::I32;
 const I64: Type = Type::I64;
 
 impl WasiFn {
-    pub const ALL: [WasiFn; 20] = [
+    pub const ALL: [WasiFn; 22] = [
         WasiFn::ArgsGet,
         WasiFn::ArgsSizesGet,
         WasiFn::EnvironGet,
@@ -108,6 +110,8 @@ impl WasiFn {
         WasiFn::FdFdstatGet,
         WasiFn::FdFdstatSetFlags,
         WasiFn::FdSeek,
+        WasiFn::FdPread,
+        WasiFn::FdPwrite,
         WasiFn::FdFilestatGet,
         WasiFn::FdPrestatGet,
         WasiFn::FdPrestatDirName,
@@ -132,6 +136,8 @@ impl WasiFn {
             WasiFn::FdFdstatGet => "fd_fdstat_get",
             WasiFn::FdFdstatSetFlags => "fd_fdstat_set_flags",
             WasiFn::FdSeek => "fd_seek",
+            WasiFn::FdPread => "fd_pread",
+            WasiFn::FdPwrite => "fd_pwrite",
             WasiFn::FdFilestatGet => "fd_filestat_get",
             WasiFn::FdPrestatGet => "fd_prestat_get",
             WasiFn::FdPrestatDirName => "fd_prestat_dir_name",
@@ -167,6 +173,7 @@ impl WasiFn {
             }
             WasiFn::FdClose | WasiFn::ProcRaise => (&[I32], &[I32]),
             WasiFn::FdSeek => (&[I32, I64, I32, I32], &[I32]),
+            WasiFn::FdPread | WasiFn::FdPwrite => (&[I32, I32, I32, I64, I32], &[I32]),
             WasiFn::FdPrestatDirName => (&[I32, I32, I32], &[I32]),
             WasiFn::ProcExit => (&[I32], &[]),
             WasiFn::ClockTimeGet => (&[I32, I64, I32], &[I32]),
@@ -362,6 +369,9 @@ pub fn make_function(
                 Function::new_typed_with_env(store, env, fd_fdstat_set_flags)
             }
             WasiFn::FdSeek => Function::new_typed_with_env(store, env, fd_seek),
+            WasiFn::FdPread | WasiFn::FdPwrite => {
+                Function::new_typed_with_env(store, env, fd_positional)
+            }
             WasiFn::FdFilestatGet => Function::new_typed_with_env(store, env, fd_filestat_get),
             WasiFn::FdPrestatGet => Function::new_typed_with_env(store, env, fd_prestat_get),
             WasiFn::FdPrestatDirName => {
@@ -641,6 +651,24 @@ fn fd_fdstat_get(mut env: FunctionEnvMut<WasiCtx>, fd: i32, buf: i32) -> i32 {
 fn fd_fdstat_set_flags(_env: FunctionEnvMut<WasiCtx>, fd: i32, _flags: i32) -> i32 {
     if is_std_fd(fd) {
         errno::SUCCESS
+    } else {
+        errno::BADF
+    }
+}
+
+/// `fd_pread` / `fd_pwrite`: stdio are pipes, which have no position (`ESPIPE`, as on a real
+/// pipe). Runtimes that try positional I/O first (Zig's `std.Io` writer) then fall back to
+/// plain reads and writes; `ENOSYS` made them fail instead.
+fn fd_positional(
+    _env: FunctionEnvMut<WasiCtx>,
+    fd: i32,
+    _iovs: i32,
+    _iovs_len: i32,
+    _offset: i64,
+    _done: i32,
+) -> i32 {
+    if is_std_fd(fd) {
+        errno::SPIPE
     } else {
         errno::BADF
     }

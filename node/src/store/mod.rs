@@ -23,7 +23,7 @@ use std::path::Path;
 
 use bx3_protocol::api::{AttemptOutcome, Counts, DagState, TaskState};
 use bx3_protocol::dag::ValidDag;
-use bx3_protocol::ids::{DagId, ModuleHash, NodeId};
+use bx3_protocol::ids::{DagId, DagIdPrefix, ModuleHash, NodeId};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 pub use modules::ModuleStore;
@@ -380,6 +380,27 @@ impl Store {
         Ok(out)
     }
 
+    /// Ids of the DAGs in this store that start with `prefix`, oldest first, at most `limit`
+    /// (read-only; every node holds a replica of every DAG, so any node can resolve one).
+    pub fn ids_with_prefix(
+        &self,
+        prefix: &DagIdPrefix,
+        limit: usize,
+    ) -> Result<Vec<DagId>, StoreError> {
+        let mut out = Vec::new();
+        for key in self.dags.scan_prefix(prefix.key_prefix()).keys() {
+            if out.len() >= limit {
+                break;
+            }
+            if let Some(id) = DagId::from_bytes(&key?) {
+                if prefix.matches(&id) {
+                    out.push(id);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Ids of DAGs that have not reached a final state, oldest first.
     pub fn unfinished(&self) -> Result<Vec<DagId>, StoreError> {
         let mut out = Vec::new();
@@ -426,6 +447,33 @@ mod tests {
             version: 1,
             counts: Counts::default(),
         }
+    }
+
+    #[test]
+    fn ids_resolve_by_prefix() {
+        let store = Store::temporary().expect("store");
+        let ids = [
+            DagId::new(0x01a2_31d7_ac28, 1),
+            DagId::new(0x01a2_31d7_ac28, 2),
+            DagId::new(0x01a2_31d7_ac29, 3),
+            DagId::new(0x01b0_0000_0000, 4),
+        ];
+        for id in &ids {
+            store
+                .insert_dag(id, &meta(DagState::Running), &spec())
+                .expect("insert");
+        }
+        let find = |p: &str, limit| {
+            store
+                .ids_with_prefix(&p.parse().expect("prefix"), limit)
+                .expect("scan")
+        };
+        assert_eq!(find("01a231d7ac28", 10), ids[..2].to_vec());
+        assert_eq!(find("01a231d7ac2", 10), ids[..3].to_vec());
+        assert_eq!(find("01a231d7ac2", 2), ids[..2].to_vec(), "bounded");
+        assert_eq!(find("01b0", 10), vec![ids[3]]);
+        assert_eq!(find(&ids[2].to_string(), 10), vec![ids[2]]);
+        assert!(find("01c0", 10).is_empty());
     }
 
     #[test]
