@@ -235,6 +235,9 @@ pub struct Core {
     /// The planner's totals from this node's earlier terms as controller (metrics only
     /// ever grow).
     planner_stats: planner::Stats,
+    /// A follower answered a Replicate: send what it still lacks at the end of this step
+    /// (once for all the answers a step brings, not once per answer).
+    replicate_due: bool,
     stats: Stats,
 }
 
@@ -275,6 +278,7 @@ impl Core {
             had_peer_ms: None,
             connected: HashSet::new(),
             planner_stats: planner::Stats::default(),
+            replicate_due: false,
             stats: Stats::default(),
             cfg,
         }
@@ -434,7 +438,11 @@ impl Core {
             self.out.push(Output::Run(job));
         }
         self.send_results();
-        self.persist(reads)
+        self.persist(reads)?;
+        if std::mem::take(&mut self.replicate_due) {
+            self.replicate(reads)?;
+        }
+        Ok(())
     }
 
     // ---- clock -------------------------------------------------------------------------
@@ -1027,7 +1035,7 @@ impl Core {
                     }
                 }
                 // A follower catching up gets its next range at once, not on the next tick.
-                self.replicate(reads)?;
+                self.replicate_due = true;
             }
             Pending::Forward(f) => self.forwarded(f, answer, reads)?,
             Pending::Sync { leader, held } => {

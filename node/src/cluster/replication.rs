@@ -170,7 +170,8 @@ impl Leader {
         current: u64,
     ) -> Result<Vec<(NodeId, Request)>, StoreError> {
         members.sort();
-        self.followers.retain(|id, _| members.contains(id));
+        let present: HashSet<&NodeId> = members.iter().collect();
+        self.followers.retain(|id, _| present.contains(id));
         let mut out = Vec::new();
         let mut full: Option<Batch> = None;
         for id in members {

@@ -1381,7 +1381,7 @@ impl Sim {
         }
     }
 
-    /// The leader every live node agrees on, if they do.
+    /// The live leader every live node agrees on, if they do.
     fn agreed(&self) -> Option<NodeId> {
         let mut leader: Option<&NodeId> = None;
         for n in &self.nodes {
@@ -1393,7 +1393,8 @@ impl Sim {
                 _ => {}
             }
         }
-        leader.cloned()
+        let leader = leader?;
+        self.live(self.index(leader)?).then(|| leader.clone())
     }
 
     fn controller(&self) -> Option<&Core> {
@@ -1623,7 +1624,7 @@ fn scale_run(n: usize, seed: u64) -> ScaleRow {
         let id = DagId::new(wall(sim.now), k as u32 + 1000);
         sim.subs.push(Submission {
             id,
-            expected: Vec::new(),
+            expected: expected(&spec),
             spec: Arc::new(spec),
             acked: false,
             acked_alone: false,
