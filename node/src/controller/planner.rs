@@ -64,6 +64,9 @@ pub struct Planner {
     rr: VecDeque<DagId>,
     dirty_tasks: HashSet<(DagId, u32)>,
     dirty_runs: HashSet<DagId>,
+    /// hook(trust): the latest clock reading the planner was given (results, cancels), for
+    /// a DAG that finishes inside `next_assignment`, which has no clock.
+    now_hint_ms: u64,
 }
 
 /// What changed since the last `take_dirty`, for the actor to persist.
@@ -123,10 +126,16 @@ impl Planner {
         let mut counts = Counts::default();
         for (i, task) in run.spec.dag.tasks.iter().enumerate() {
             counts.add(run.tasks[i].state);
+            // hook(trust): indices from a spec are read with `get` (a verified spec never
+            // has one out of range, but a panic here would be a crash loop on restart).
             run.waiting[i] = task
                 .deps
                 .iter()
-                .filter(|&&d| run.tasks[d as usize].state != TaskState::Succeeded)
+                .filter(|&&d| {
+                    run.tasks
+                        .get(d as usize)
+                        .is_none_or(|t| t.state != TaskState::Succeeded)
+                })
                 .count() as u32;
         }
         counts.total = n as u64;
@@ -180,13 +189,35 @@ impl Planner {
 
     fn set_state(&mut self, id: DagId, idx: u32, state: TaskState) {
         if let Some(run) = self.runs.get_mut(&id) {
-            let t = &mut run.tasks[idx as usize];
+            // hook(trust): `get_mut`, not an index (see `add`).
+            let Some(t) = run.tasks.get_mut(idx as usize) else {
+                return;
+            };
             run.meta.counts.remove(t.state);
             run.meta.counts.add(state);
             t.state = state;
             self.dirty_tasks.insert((id, idx));
         }
         self.touch(id);
+    }
+
+    /// hook(trust): a task that can never run as written (its inputs resolve to more text
+    /// than a task may receive) fails at once with `error`, without using up attempts
+    /// (retrying would build the same inputs); its dependents are skipped.
+    fn fail_unrunnable(&mut self, id: DagId, idx: u32, error: String) {
+        if let Some(t) = self
+            .runs
+            .get_mut(&id)
+            .and_then(|r| r.tasks.get_mut(idx as usize))
+        {
+            t.error = Some(error);
+            t.node = None;
+        }
+        self.set_state(id, idx, TaskState::Failed);
+        self.skip_dependents(id, idx);
+        self.enqueue(id);
+        let created = self.runs.get(&id).map_or(0, |r| r.meta.created_at_ms);
+        self.check_finished(id, Some(self.now_hint_ms.max(created)));
     }
 
     /// Takes the next task to run, round-robin over runs, or `None` when nothing is ready.
@@ -199,21 +230,36 @@ impl Planner {
             let Some(idx) = run.ready.pop_front() else {
                 continue;
             };
-            if run.tasks[idx as usize].state != TaskState::Pending {
+            if run.tasks.get(idx as usize).map(|t| t.state) != Some(TaskState::Pending) {
                 // Cancelled or skipped after it became ready.
                 self.enqueue(id);
                 continue;
             }
             let spec = Arc::clone(&run.spec);
-            let task = &spec.dag.tasks[idx as usize];
-            let record = &mut run.tasks[idx as usize];
+            // hook(trust): `get` instead of indexing; inputs are sized before they are built
+            // and a task whose inputs are too large fails alone (not the node).
+            let Some(task) = spec.dag.tasks.get(idx as usize) else {
+                continue;
+            };
+            let outputs = &run.tasks;
+            let inputs = match spec.dag.resolve_inputs(idx as usize, |i| {
+                outputs
+                    .get(i as usize)
+                    .and_then(|t| t.output.as_deref())
+                    .unwrap_or("")
+            }) {
+                Ok(inputs) => inputs,
+                Err(e) => {
+                    self.fail_unrunnable(id, idx, e.to_string());
+                    continue;
+                }
+            };
+            let Some(record) = run.tasks.get_mut(idx as usize) else {
+                continue;
+            };
             record.attempts += 1;
             record.node = Some(node.to_string());
             let attempt = record.attempts;
-            let outputs = &run.tasks;
-            let inputs = spec.dag.resolve_inputs(idx as usize, |i| {
-                outputs[i as usize].output.as_deref().unwrap_or("")
-            });
             let mut argv = Vec::with_capacity(inputs.len() + 1);
             argv.push(task.module.clone());
             argv.extend(inputs);
@@ -253,6 +299,7 @@ impl Planner {
         outcome: Outcome,
         now_ms: u64,
     ) -> bool {
+        self.now_hint_ms = self.now_hint_ms.max(now_ms);
         let Some(run) = self.runs.get_mut(&dag) else {
             return false;
         };
@@ -262,7 +309,10 @@ impl Planner {
         if record.state != TaskState::Running || record.attempts != attempt {
             return false;
         }
-        let retries = run.spec.dag.tasks[idx as usize].retries;
+        // hook(trust): `get` instead of indexing (see `add`).
+        let Some(retries) = run.spec.dag.tasks.get(idx as usize).map(|t| t.retries) else {
+            return false;
+        };
         match outcome {
             Ok(output) => {
                 record.output = Some(output);
@@ -271,10 +321,18 @@ impl Planner {
                 let Some(run) = self.runs.get_mut(&dag) else {
                     return true;
                 };
-                for &d in &run.dependents[idx as usize] {
-                    let w = &mut run.waiting[d as usize];
+                let dependents = run
+                    .dependents
+                    .get(idx as usize)
+                    .map_or(&[][..], Vec::as_slice);
+                for &d in dependents {
+                    let Some(w) = run.waiting.get_mut(d as usize) else {
+                        continue;
+                    };
                     *w = w.saturating_sub(1);
-                    if *w == 0 && run.tasks[d as usize].state == TaskState::Pending {
+                    if *w == 0
+                        && run.tasks.get(d as usize).map(|t| t.state) == Some(TaskState::Pending)
+                    {
                         run.ready.push_back(d);
                     }
                 }
@@ -323,24 +381,36 @@ impl Planner {
         let Some(run) = self.runs.get(&dag) else {
             return;
         };
-        let mut stack: Vec<u32> = run.dependents[idx as usize].clone();
+        // hook(trust): `get` instead of indexing (see `add`).
+        let dependents_of = |i: u32| {
+            run.dependents
+                .get(i as usize)
+                .map_or(&[][..], Vec::as_slice)
+        };
+        let mut stack: Vec<u32> = dependents_of(idx).to_vec();
         let mut to_skip = Vec::new();
         let mut seen = HashSet::new();
         while let Some(d) = stack.pop() {
             if !seen.insert(d) {
                 continue;
             }
-            if run.tasks[d as usize].state == TaskState::Pending {
+            if run.tasks.get(d as usize).map(|t| t.state) == Some(TaskState::Pending) {
                 to_skip.push(d);
-                stack.extend(run.dependents[d as usize].iter().copied());
+                stack.extend(dependents_of(d).iter().copied());
             }
         }
         for d in to_skip {
             if let Some(run) = self.runs.get_mut(&dag) {
-                run.tasks[d as usize].error = Some(format!(
-                    "skipped: upstream task {:?} did not succeed",
-                    run.spec.dag.tasks[idx as usize].id
-                ));
+                let upstream = run
+                    .spec
+                    .dag
+                    .tasks
+                    .get(idx as usize)
+                    .map_or("", |t| t.id.as_str());
+                let error = format!("skipped: upstream task {upstream:?} did not succeed");
+                if let Some(t) = run.tasks.get_mut(d as usize) {
+                    t.error = Some(error);
+                }
             }
             self.set_state(dag, d, TaskState::Skipped);
         }
@@ -349,6 +419,7 @@ impl Planner {
     /// Cancels a DAG. Returns the tasks that were running (their attempts are abandoned; the
     /// caller stops them) or `None` if the DAG is unknown or already finished.
     pub fn cancel(&mut self, dag: DagId, now_ms: u64) -> Option<Vec<u32>> {
+        self.now_hint_ms = self.now_hint_ms.max(now_ms);
         let run = self.runs.get(&dag)?;
         if run.is_finished() {
             return None;
@@ -622,6 +693,40 @@ tasks:
             vec!["a.wasm", "A", "B"],
             "outputs from before the crash are used"
         );
+    }
+
+    /// hook(trust): inputs that would resolve to more than 8 MiB fail their task alone, with
+    /// the task and the size in the error, and build nothing; the rest of the DAG runs on.
+    #[test]
+    fn oversized_inputs_fail_the_task_alone() {
+        let template = "${a}".repeat(200);
+        let yaml = format!(
+            "name: big\ntasks:\n  - {{id: a, module: m.wasm}}\n  - {{id: b, module: m.wasm, depends_on: [a], inputs: [\"{template}\"]}}\n  - {{id: c, module: m.wasm, depends_on: [b]}}\n  - {{id: d, module: m.wasm, depends_on: [a], inputs: [a]}}\n"
+        );
+        let mut p = Planner::new();
+        let id = add(&mut p, &yaml, 11);
+        let a = p.next_assignment("me").expect("a is ready");
+        assert!(p.on_result(id, a.task, a.attempt, Ok("o".repeat(1 << 20)), 5));
+        let next = drain(&mut p);
+        assert_eq!(
+            next.iter().map(|a| a.task).collect::<Vec<_>>(),
+            vec![3],
+            "only d runs"
+        );
+        assert_eq!(next[0].argv[1].len(), 1 << 20, "one 1 MiB output passes");
+        let run = p.run(&id).expect("run");
+        assert_eq!(run.tasks[1].state, TaskState::Failed);
+        assert_eq!(run.tasks[1].attempts, 0, "nothing ran");
+        let error = run.tasks[1].error.clone().unwrap_or_default();
+        assert!(
+            error.contains("task \"b\"") && error.contains("209715200 bytes"),
+            "{error}"
+        );
+        assert_eq!(run.tasks[2].state, TaskState::Skipped);
+        assert!(p.on_result(id, 3, 1, Ok("ok".into()), 6));
+        let run = p.run(&id).expect("run");
+        assert_eq!(run.meta.state, DagState::Failed);
+        assert_eq!(run.meta.finished_at_ms, Some(6));
     }
 
     mod prop {
