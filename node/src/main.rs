@@ -57,6 +57,9 @@ struct Target {
     /// Data dir of the node to talk to (its api.addr names the URL).
     #[arg(long, env = "BX3_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// File holding the node's API token [default: the BX3_API_TOKEN variable].
+    #[arg(long, env = "BX3_API_TOKEN_FILE", value_name = "FILE")]
+    api_token_file: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -244,10 +247,10 @@ async fn client_command(cmd: Command) -> Result<(), ClientError> {
         Command::Status(a) => a.target.clone(),
         Command::Run(_) | Command::Executor(_) => unreachable!("handled in main"),
     };
-    let client = Client::new(client::resolve_api(
-        target.api.as_deref(),
-        target.data_dir.as_deref(),
-    )?);
+    let client = Client::with_token(
+        client::resolve_api(target.api.as_deref(), target.data_dir.as_deref())?,
+        client::api_token(target.api_token_file.as_deref())?,
+    );
     match cmd {
         Command::Submit(a) => {
             let id = client.submit_file(&a.file, a.modules.as_deref()).await?;

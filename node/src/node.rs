@@ -169,6 +169,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
         PoolConfig {
             exe,
             data_dir: dir.clone(),
+            max_memory_bytes: config.ram_per_executor_mb.saturating_mul(1024 * 1024),
         },
         sizer,
         done_tx,
@@ -249,6 +250,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
         modules,
         compiled_dir,
         compile_slots: Arc::new(Semaphore::new(2)),
+        security: api::security::Policy::new(local, config.api_token.as_deref()),
     };
     {
         let shutdown = shutdown.clone();
@@ -261,7 +263,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
     }
     let addr_file = dir.join("api.addr");
     write_private(&addr_file, url.as_bytes()).map_err(io_err(&dir))?;
-    tracing::info!(api = %url, "API ready");
+    tracing::info!(
+        api = %url,
+        token = if config.api_token.is_some() { "required" } else { "none" },
+        "API ready"
+    );
 
     let mut result = Ok(());
     while let Some(joined) = tasks.join_next().await {

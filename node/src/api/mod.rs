@@ -10,6 +10,12 @@
 //! POST /v1/dags/{id}/cancel    -> DagView
 //! GET  /v1/status              -> StatusView
 //! ```
+//!
+//! Every route sits behind [`security::check`]: `Host` must name this API, no foreign
+//! `Origin`, a JSON (or wasm) content type for anything that changes state, and the bearer
+//! token when one is configured. See that module for why.
+
+pub mod security;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,6 +25,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, StatusCode};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -48,9 +55,12 @@ pub struct ApiState {
     pub compiled_dir: PathBuf,
     /// Bounds concurrent module compilations (each takes a CPU for a while).
     pub compile_slots: Arc<Semaphore>,
+    /// Host, Origin, content-type and token checks, applied to every route.
+    pub security: security::Policy,
 }
 
 pub fn router(state: ApiState) -> Router {
+    let security = state.security.clone();
     Router::new()
         .route(
             "/v1/modules",
@@ -73,6 +83,8 @@ pub fn router(state: ApiState) -> Router {
             )
         })
         .with_state(state)
+        // Outermost, so it wraps every route above (and any added later) and the fallback.
+        .layer(middleware::from_fn_with_state(security, security::check))
 }
 
 #[derive(Debug)]
@@ -219,6 +231,7 @@ async fn submit(
             format!("DAG parser stopped: {e}"),
         )
     })??;
+    check_memory_asks(&st, &origin, &dag).await?;
     let mut modules = std::collections::BTreeMap::new();
     for name in dag.module_names() {
         let Some(hash) = req.modules.get(&name) else {
@@ -241,6 +254,46 @@ async fn submit(
         StatusCode::CREATED,
         Json(SubmitResponse { id: id.to_string() }),
     ))
+}
+
+/// Refuses a DAG with a task that asks more `memory` than any node's executors have: it
+/// could never run anywhere. "Any node" is this node and the peers in its status (each
+/// announces its `--ram-per-executor`).
+async fn check_memory_asks(
+    st: &ApiState,
+    origin: &str,
+    dag: &bx3_protocol::dag::ValidDag,
+) -> Result<(), ApiError> {
+    let Some(task) = dag
+        .tasks
+        .iter()
+        .filter(|t| t.memory_mb.is_some())
+        .max_by_key(|t| t.memory_mb)
+    else {
+        return Ok(());
+    };
+    let asked = task.memory_mb.unwrap_or(0);
+    let status = st.controller.status().await?;
+    let here = status.executors.ram_per_executor_mb;
+    let peer_max = status
+        .peers
+        .iter()
+        .map(|p| p.executors.ram_per_executor_mb)
+        .max();
+    let largest = peer_max.map_or(here, |p| p.max(here));
+    if asked > largest {
+        let peers = match peer_max {
+            None => String::from("no peers"),
+            Some(p) => format!("{} peers, the largest {p} MB", status.peers.len()),
+        };
+        return Err(ApiError::bad_request(format!(
+            "{origin}: task {:?} asks for memory: {asked} MB, but the largest executor in the \
+             mesh has {largest} MB (this node: {here} MB; {peers}); lower `memory` or start \
+             nodes with a larger --ram-per-executor",
+            task.id
+        )));
+    }
+    Ok(())
 }
 
 #[derive(Deserialize)]

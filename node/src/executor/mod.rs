@@ -78,6 +78,9 @@ pub struct PoolConfig {
     /// The bx3-node binary (executors are `bx3-node __executor`).
     pub exe: PathBuf,
     pub data_dir: PathBuf,
+    /// The executor size (`--ram-per-executor`): no job's memory limit goes above it,
+    /// whatever the job asks, since the pool's size was worked out from it.
+    pub max_memory_bytes: u64,
 }
 
 impl Pool {
@@ -294,10 +297,14 @@ enum Ended {
 }
 
 async fn run_job(
-    job: Job,
+    mut job: Job,
     ex: Option<Executor>,
     (config, back, done): (PoolConfig, mpsc::Sender<Back>, mpsc::Sender<Done>),
 ) {
+    // A job (from any controller) asking more memory than an executor of this node has is
+    // held to the executor's size; if it needs more, it fails saying both.
+    let asked_memory = job.request.memory_bytes;
+    job.request.memory_bytes = asked_memory.min(config.max_memory_bytes.max(1));
     let finish = |outcome: Result<String, String>, run_us: Option<u64>| Done {
         dag: job.dag,
         task: job.task,
@@ -351,7 +358,7 @@ async fn run_job(
         Ended::Response(resp) => {
             ex.last_used = Instant::now();
             let _ = back.send(Back::Idle(Box::new(ex))).await;
-            describe(&job.module, job.request.memory_bytes, resp)
+            describe(&job.module, job.request.memory_bytes, asked_memory, resp)
         }
         Ended::Cancelled => {
             let _ = back.send(Back::Gone(ex.pid)).await;
@@ -403,10 +410,13 @@ fn tail(stderr: &str) -> String {
     format!("; stderr: {}", chars[start..].iter().collect::<String>())
 }
 
-/// Turns an executor's answer into the task's output or its error message.
+/// Turns an executor's answer into the task's output or its error message. `memory_bytes`
+/// is the limit the job ran with, `asked_memory` what it asked for (more when it was held
+/// to this node's executor size).
 fn describe(
     module: &str,
     memory_bytes: u64,
+    asked_memory: u64,
     resp: Response,
 ) -> (Result<String, String>, Option<u64>) {
     match resp {
@@ -423,6 +433,19 @@ fn describe(
             stderr_tail,
         } => (
             Err(format!("trapped: {message}{}", tail(&stderr_tail))),
+            None,
+        ),
+        Response::MemoryExceeded {
+            limit_bytes,
+            stderr_tail,
+        } if asked_memory > memory_bytes => (
+            Err(format!(
+                "memory limit exceeded: the task asked for {} MB of memory, but executors on \
+                 this node have {} MB (--ram-per-executor), and it tried to grow past that{}",
+                asked_memory / MB,
+                limit_bytes.min(memory_bytes) / MB,
+                tail(&stderr_tail)
+            )),
             None,
         ),
         Response::MemoryExceeded {
@@ -456,6 +479,7 @@ mod tests {
         let (ok, _) = describe(
             "m.wasm",
             0,
+            0,
             Response::Success {
                 stdout: b"hi \n\n".to_vec(),
                 run_us: 1,
@@ -464,6 +488,7 @@ mod tests {
         assert_eq!(ok, Ok("hi".to_string()), "trailing whitespace trimmed");
         let (err, _) = describe(
             "m.wasm",
+            0,
             0,
             Response::Exit {
                 code: 3,
@@ -477,6 +502,7 @@ mod tests {
         let (err, _) = describe(
             "m.wasm",
             64 * MB,
+            64 * MB,
             Response::MemoryExceeded {
                 limit_bytes: 64 * MB,
                 stderr_tail: String::new(),
@@ -485,6 +511,21 @@ mod tests {
         assert!(err.expect_err("fails").contains("memory limit exceeded"));
         let (err, _) = describe(
             "m.wasm",
+            128 * MB,
+            4096 * MB,
+            Response::MemoryExceeded {
+                limit_bytes: 128 * MB,
+                stderr_tail: String::new(),
+            },
+        );
+        let err = err.expect_err("fails");
+        assert!(
+            err.contains("asked for 4096 MB") && err.contains("have 128 MB"),
+            "{err}"
+        );
+        let (err, _) = describe(
+            "m.wasm",
+            0,
             0,
             Response::Error {
                 message: "nope".into(),
