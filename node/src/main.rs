@@ -46,6 +46,9 @@ enum Command {
     /// Internal: an executor process (started by the node).
     #[command(name = "__executor", hide = true)]
     Executor(ExecutorArgs),
+    /// Internal: a module compile process (started by the node).
+    #[command(name = "__compile", hide = true)]
+    Compile(CompileArgs),
 }
 
 /// How a client finds its node.
@@ -125,6 +128,18 @@ struct ExecutorArgs {
     data_dir: PathBuf,
 }
 
+#[derive(Args)]
+struct CompileArgs {
+    #[arg(long)]
+    cache_dir: PathBuf,
+    #[arg(long)]
+    hash: String,
+    #[arg(long)]
+    cpu_secs: u64,
+    #[arg(long)]
+    address_space: u64,
+}
+
 fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
@@ -149,6 +164,15 @@ fn main() -> ExitCode {
                     ExitCode::from(3)
                 }
             }
+        }
+        Some(Command::Compile(a)) => {
+            let code = bx3_node::executor::compile::serve_child(
+                &a.cache_dir,
+                &a.hash,
+                a.cpu_secs,
+                a.address_space,
+            );
+            ExitCode::from(u8::try_from(code).unwrap_or(3))
         }
         Some(cmd) => {
             init_tracing("warn");
@@ -245,7 +269,9 @@ async fn client_command(cmd: Command) -> Result<(), ClientError> {
         Command::Dags(a) => a.target.clone(),
         Command::Cancel(a) => a.target.clone(),
         Command::Status(a) => a.target.clone(),
-        Command::Run(_) | Command::Executor(_) => unreachable!("handled in main"),
+        Command::Run(_) | Command::Executor(_) | Command::Compile(_) => {
+            unreachable!("handled in main")
+        }
     };
     let client = Client::with_token(
         client::resolve_api(target.api.as_deref(), target.data_dir.as_deref())?,
@@ -326,6 +352,8 @@ async fn client_command(cmd: Command) -> Result<(), ClientError> {
             }
             Ok(())
         }
-        Command::Run(_) | Command::Executor(_) => unreachable!("handled in main"),
+        Command::Run(_) | Command::Executor(_) | Command::Compile(_) => {
+            unreachable!("handled in main")
+        }
     }
 }

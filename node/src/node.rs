@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use libp2p::identity::Keypair;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -20,6 +20,7 @@ use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::controller::{self, Actor};
 use crate::election;
+use crate::executor::compile::{self, Compiler};
 use crate::executor::{self, Pool, PoolConfig};
 use crate::mesh;
 use crate::net;
@@ -144,9 +145,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
     let key = load_identity(&dir)?;
     let peer_id = key.public().to_peer_id().to_string();
     let store = Store::open(&dir.join("db"))?;
-    let modules = ModuleStore::open(dir.join("modules")).map_err(io_err(&dir))?;
     let compiled_dir = dir.join("compiled");
     std::fs::create_dir_all(&compiled_dir).map_err(io_err(&dir))?;
+    let exe = std::env::current_exe().map_err(NodeError::Exe)?;
+    // One compile service for uploads, peer fetches and the executors (see executor::compile).
+    let compiler = Compiler::new(
+        Some(exe.clone()),
+        compiled_dir,
+        Compiler::default_slots(),
+        compile::Limits::default(),
+    );
+    let modules = ModuleStore::open(dir.join("modules"))
+        .map_err(io_err(&dir))?
+        .with_compiler(compiler.clone());
 
     let ram_source: Box<dyn executor::sizing::RamSource> = match &config.ram_file {
         Some(path) => Box::new(executor::sizing::FileRam {
@@ -164,12 +175,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
 
     let mut tasks = JoinSet::new();
     let (done_tx, done_rx) = mpsc::channel(4096);
-    let exe = std::env::current_exe().map_err(NodeError::Exe)?;
     let (pool, capacity, pool_task) = Pool::start(
         PoolConfig {
             exe,
             data_dir: dir.clone(),
             max_memory_bytes: config.ram_per_executor_mb.saturating_mul(1024 * 1024),
+            compiler: Some(compiler.clone()),
         },
         sizer,
         done_tx,
@@ -248,8 +259,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
     let state = ApiState {
         controller: handle,
         modules,
-        compiled_dir,
-        compile_slots: Arc::new(Semaphore::new(2)),
+        compiler,
         security: api::security::Policy::new(local, config.api_token.as_deref()),
     };
     {

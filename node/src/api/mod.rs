@@ -17,7 +17,6 @@
 
 pub mod security;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,10 +32,9 @@ use bx3_protocol::api::{ErrorBody, ModuleUploaded, StatusView, SubmitRequest, Su
 use bx3_protocol::dag::parse_dag;
 use bx3_protocol::ids::DagId;
 use serde::Deserialize;
-use tokio::sync::Semaphore;
 
 use crate::controller::{ControllerError, Handle};
-use crate::executor::runtime::Runtime;
+use crate::executor::compile::{CompileError, Compiler};
 use crate::store::modules::{is_hash, sha256_hex};
 use crate::store::{ModuleStore, SpecRecord};
 
@@ -51,10 +49,9 @@ const MAX_WAIT: Duration = Duration::from_secs(60);
 pub struct ApiState {
     pub controller: Handle,
     pub modules: ModuleStore,
-    /// Where compiled modules are cached (shared with the executor processes).
-    pub compiled_dir: PathBuf,
-    /// Bounds concurrent module compilations (each takes a CPU for a while).
-    pub compile_slots: Arc<Semaphore>,
+    /// The node's compile service: uploads are checked and compiled there (bounded, in a
+    /// limited child process) before they are stored.
+    pub compiler: Compiler,
     /// Host, Origin, content-type and token checks, applied to every route.
     pub security: security::Policy,
 }
@@ -146,41 +143,34 @@ async fn put_module(
     Query(q): Query<ModuleQuery>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<ModuleUploaded>, ApiError> {
-    let bytes = body?;
+    let bytes = Arc::new(body?.to_vec());
     let name = q.name.unwrap_or_else(|| "module".into());
-    let hash = sha256_hex(&bytes);
     let size = bytes.len() as u64;
-    if !st.modules.contains(&hash) {
-        let _slot = st.compile_slots.acquire().await.map_err(|_| {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the node is shutting down")
-        })?;
-        let dir = st.compiled_dir.clone();
-        let (h, b) = (hash.clone(), bytes.clone());
-        // Compiling is CPU work: off the async threads. It also proves the module is one we
-        // can run, so a bad module is refused now, naming the file, not at its first task.
-        let checked = tokio::task::spawn_blocking(move || {
-            Runtime::new(dir).and_then(|mut rt| rt.prepare(&h, &b))
-        })
+    let b = Arc::clone(&bytes);
+    let hash = tokio::task::spawn_blocking(move || sha256_hex(&b))
         .await
-        .map_err(|e| {
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    if !st.modules.contains(&hash) {
+        // Checked and compiled first, by the compile service (a limited child process),
+        // which proves the module is one we can run: a bad module is refused now, naming
+        // the file, not at its first task, and is never stored.
+        st.compiler
+            .compile(&hash, Arc::clone(&bytes))
+            .await
+            .map_err(|e| {
+                let status = match e {
+                    CompileError::Host(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                    _ => StatusCode::UNPROCESSABLE_ENTITY,
+                };
+                ApiError::new(status, format!("{name:?} is not a usable WASI module: {e}"))
+            })?;
+        st.modules.put_async(bytes).await.map_err(|e| {
             ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                format!("compiler crashed: {e}"),
+                format!("could not store {name:?}: {e}"),
             )
         })?;
-        if let Err(e) = checked {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("{name} is not a usable WASI module: {e}"),
-            ));
-        }
-        st.modules.put(&bytes).map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("could not store {name}: {e}"),
-            )
-        })?;
-        tracing::info!(%name, %hash, size, "module stored");
+        tracing::info!(name = ?name, %hash, size, "module stored");
     }
     Ok(Json(ModuleUploaded { hash, size }))
 }
@@ -195,7 +185,7 @@ async fn get_module(
             format!("{hash:?} is not a module hash (64 hex digits)"),
         ));
     }
-    match st.modules.get(&hash) {
+    match st.modules.get_async(&hash).await {
         Ok(Some(bytes)) => {
             Ok(([(header::CONTENT_TYPE, "application/wasm")], bytes).into_response())
         }

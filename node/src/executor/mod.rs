@@ -13,6 +13,7 @@
 //! started for the next job.
 
 pub mod child;
+pub mod compile;
 pub mod frame;
 pub mod runtime;
 pub mod sizing;
@@ -81,6 +82,30 @@ pub struct PoolConfig {
     /// The executor size (`--ram-per-executor`): no job's memory limit goes above it,
     /// whatever the job asks, since the pool's size was worked out from it.
     pub max_memory_bytes: u64,
+    /// The node's compile service: a job's module is compiled through it (once, bounded,
+    /// in a limited process) before an executor loads it. `None`: executors compile.
+    pub compiler: Option<compile::Compiler>,
+}
+
+/// Makes sure the job's module is compiled into the shared cache before an executor loads
+/// it, through the compile service. `Err` with the reason if the module cannot run; a module
+/// file that is missing is left to the executor, which reports it.
+async fn ensure_compiled(config: &PoolConfig, hash: &str) -> Result<(), String> {
+    let Some(compiler) = &config.compiler else {
+        return Ok(());
+    };
+    if !crate::store::modules::is_hash(hash) || compiler.is_compiled(hash).await {
+        return Ok(());
+    }
+    let path = config.data_dir.join("modules").join(format!("{hash}.wasm"));
+    let bytes = match tokio::task::spawn_blocking(move || std::fs::read(path)).await {
+        Ok(Ok(bytes)) => bytes,
+        _ => return Ok(()),
+    };
+    compiler
+        .compile(hash, std::sync::Arc::new(bytes))
+        .await
+        .map_err(|e| e.to_string())
 }
 
 impl Pool {
@@ -312,6 +337,18 @@ async fn run_job(
         outcome,
         run_us,
     };
+    if let Err(e) = ensure_compiled(&config, &job.request.module_hash).await {
+        if let Some(ex) = ex {
+            let _ = back.send(Back::Idle(Box::new(ex))).await;
+        }
+        let _ = done
+            .send(finish(
+                Err(format!("module {:?} cannot run: {e}", job.module)),
+                None,
+            ))
+            .await;
+        return;
+    }
     let bytes = match frame::encode(&job.request) {
         Ok(b) => b,
         Err(e) => {
