@@ -283,7 +283,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
     while let Some(joined) = tasks.join_next().await {
         let r = joined.unwrap_or_else(|e| Err(NodeError::Task(e.to_string())));
         if let Err(e) = r {
-            tracing::error!("{e}");
+            tracing::error!(error = ?e.to_string(), "a part of the node failed");
             shutdown.cancel();
             if result.is_ok() {
                 result = Err(e);

@@ -580,6 +580,13 @@ pub enum DagError {
     #[error("the DAG has no tasks; `tasks:` must list at least one task")]
     NoTasks,
 
+    #[error(
+        "the DAG's name {:?} contains a control character (a line break, a tab, ...); \
+         it is shown on one line in listings and logs",
+        clip(name)
+    )]
+    NameHasControl { name: String },
+
     #[error("the DAG has {count} tasks; at most {max} are allowed")]
     TooManyTasks { count: usize, max: usize },
 
@@ -1029,6 +1036,11 @@ fn to_u32(i: usize) -> u32 {
 fn check_header(name: &str, description: Option<&str>, tasks: usize) -> Result<(), DagError> {
     if name.trim().is_empty() {
         return Err(DagError::EmptyName);
+    }
+    if name.chars().any(char::is_control) {
+        return Err(DagError::NameHasControl {
+            name: name.to_owned(),
+        });
     }
     if name.len() > MAX_NAME_BYTES {
         return Err(DagError::TooLarge {
@@ -2497,6 +2509,8 @@ tasks:
             e.to_string().contains("the DAG's name is 2000 bytes"),
             "{e}"
         );
+        let e = err("name: \"evil\\n2099 ERROR forged\"\ntasks: [{id: a, module: m.wasm}]\n");
+        assert!(e.to_string().contains("control character"), "{e}");
         let e = err(&one_task("").replace("a.wasm", &format!("{}.wasm", "m".repeat(300))));
         assert!(e.to_string().contains("longer than 255 bytes"), "{e}");
 

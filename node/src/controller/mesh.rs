@@ -63,7 +63,8 @@ impl Actor {
                     peers = self.members.len(), replica_seq = self.replication.seq(), "this node is now the controller");
             }
             RoleChange::Follower { term, leader } => {
-                tracing::info!(epoch = term.epoch, %leader, "following controller");
+                // hook(trust): peer-supplied strings are logged with `?`, escaped.
+                tracing::info!(epoch = term.epoch, leader = ?leader, "following controller");
                 // Work we were handing out under our old term is the new controller's now.
                 self.step_down(&leader);
             }
@@ -211,7 +212,7 @@ impl Actor {
     pub(super) fn handle_internal(&mut self, msg: Internal) {
         match msg {
             Internal::AssignFailed { node, jobs, reason } => {
-                tracing::info!(peer = %node, jobs = jobs.len(), "assignment failed ({reason}); re-queueing");
+                tracing::info!(peer = ?node, jobs = jobs.len(), reason = ?reason, "assignment failed; re-queueing");
                 self.remote.refused(&mut self.planner, &node, &jobs);
             }
             Internal::ResultsDelivered => self.results_in_flight = false,
@@ -244,7 +245,7 @@ impl Actor {
                 match error {
                     None => self.queue.extend(jobs),
                     Some(e) => {
-                        tracing::warn!(%hash, jobs = jobs.len(), "module could not be fetched: {e}");
+                        tracing::warn!(hash = ?hash, jobs = jobs.len(), error = ?e, "module could not be fetched");
                         for j in jobs {
                             self.results_out.push(WireResult {
                                 dag: j.dag,
@@ -380,7 +381,8 @@ impl Actor {
                             fetch_from_any(&net, &sources, &modules, hashes.iter()).await
                         {
                             tracing::warn!(
-                                "replicated DAG's modules could not all be fetched: {e}"
+                                error = ?e,
+                                "replicated DAG's modules could not all be fetched"
                             );
                         }
                         respond(reply, &Response::Replicated { seq });
@@ -565,7 +567,7 @@ impl Actor {
     fn remote_result(&mut self, from: &Id, r: WireResult) {
         let (dag, task, attempt) = (r.dag, r.task, r.attempt);
         if !self.remote.result(&mut self.planner, r, now_ms()) {
-            tracing::debug!(peer = %from, %dag, task, attempt, "stale result ignored");
+            tracing::debug!(peer = ?from, %dag, task, attempt, "stale result ignored");
         }
     }
 
@@ -973,7 +975,7 @@ async fn fetch_missing<'a>(
                     .put_and_compile(bytes.0)
                     .await
                     .map_err(|e| format!("cannot store module {hash}: {e}"))?;
-                tracing::debug!(%hash, %peer, "fetched module");
+                tracing::debug!(hash = ?hash, %peer, "fetched module");
             }
             other => return Err(format!("peer {peer} has no module {hash}: {other:?}")),
         }

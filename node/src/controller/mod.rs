@@ -476,7 +476,8 @@ impl Actor {
             return;
         };
         if let Err(e) = &done.outcome {
-            tracing::debug!(dag = %done.dag, task = done.task, attempt = done.attempt, "task attempt failed: {e}");
+            // hook(trust): untrusted text (a task's stderr) is logged with `?`, escaped.
+            tracing::debug!(dag = %done.dag, task = done.task, attempt = done.attempt, error = ?e, "task attempt failed");
         }
         match running.origin {
             Origin::Local => {
@@ -584,7 +585,7 @@ impl Actor {
         };
         self.store.insert_dag(&id, &meta, &spec)?;
         self.replication.accepted(id);
-        tracing::info!(dag = %id, name = %meta.name, tasks = n, "DAG accepted");
+        tracing::info!(dag = %id, name = ?meta.name, tasks = n, "DAG accepted"); // hook(trust): `?`
         self.planner.add(id, meta, Arc::new(spec), Vec::new());
         Ok(id)
     }
@@ -751,7 +752,8 @@ impl Actor {
             if let Some(run) = self.planner.evict(&id) {
                 self.replication.finished(id);
                 let c = run.meta.counts;
-                tracing::info!(dag = %id, name = %run.meta.name, state = run.meta.state.as_str(),
+                // hook(trust): the DAG name is user text: `?`.
+                tracing::info!(dag = %id, name = ?run.meta.name, state = run.meta.state.as_str(),
                     succeeded = c.succeeded, failed = c.failed, skipped = c.skipped, cancelled = c.cancelled,
                     "DAG finished");
             }

@@ -280,7 +280,7 @@ impl Replication {
                 None
             }
             Err(e) => {
-                tracing::debug!(peer = %node, "replication failed: {e}");
+                tracing::debug!(peer = ?node, error = ?e, "replication failed"); // hook(trust): `?`
                 None
             }
         }
@@ -607,7 +607,7 @@ impl Actor {
             {
                 Ok(r) => r,
                 Err(e) => {
-                    tracing::warn!("cannot build a replication snapshot: {e}");
+                    tracing::warn!(error = ?e.to_string(), "cannot build a replication snapshot");
                     return;
                 }
             };
@@ -669,7 +669,7 @@ impl Actor {
         let digest = match digest(&self.store) {
             Ok(d) => d,
             Err(e) => {
-                tracing::warn!("cannot list DAGs for the controller: {e}");
+                tracing::warn!(error = ?e.to_string(), "cannot list DAGs for the controller");
                 return;
             }
         };
@@ -696,7 +696,7 @@ impl Actor {
                         Ok(Some(d)) => dags.push(d),
                         Ok(None) => {}
                         Err(e) => {
-                            tracing::warn!(dag = %id, "cannot read DAG for the controller: {e}")
+                            tracing::warn!(dag = %id, error = ?e.to_string(), "cannot read DAG for the controller")
                         }
                     }
                 }
@@ -710,7 +710,7 @@ impl Actor {
                         return;
                     }
                     Err(e) => {
-                        tracing::warn!("could not give the controller our DAGs: {e}");
+                        tracing::warn!(error = ?e, "could not give the controller our DAGs");
                         return;
                     }
                 }

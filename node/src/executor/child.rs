@@ -87,7 +87,9 @@ fn ensure_loaded(runtime: &mut Runtime, modules: &Path, hash: &str) -> Result<()
     match runtime.load_cached(hash) {
         Ok(true) => return Ok(()),
         Ok(false) => {}
-        Err(e) => tracing::debug!(%hash, "cached module unusable, recompiling: {e}"),
+        Err(e) => {
+            tracing::debug!(hash = ?hash, error = ?e.to_string(), "cached module unusable, recompiling")
+        }
     }
     let path = modules.join(format!("{hash}.wasm"));
     let bytes = std::fs::read(&path).map_err(|e| {

@@ -416,7 +416,7 @@ async fn run_job(
         Ended::Broken(e) => {
             let _ = back.send(Back::Gone(ex.pid)).await;
             let how = ex.reap().await;
-            tracing::warn!(dag = %job.dag, task = job.task, "executor process died: {how} ({e})");
+            tracing::warn!(dag = %job.dag, task = job.task, how = ?how, error = ?e.to_string(), "executor process died");
             (
                 Err(format!(
                     "executor process died while running the task ({how})"
