@@ -45,8 +45,9 @@ pub const MAX_RETRIES: u32 = 100;
 pub const MAX_MEMORY_MB: u64 = 4096;
 /// Longest accepted DAG `name`, in bytes (it is shown in every listing and log line).
 pub const MAX_NAME_BYTES: usize = 1024;
-/// Longest accepted `description`, in bytes.
-pub const MAX_DESCRIPTION_BYTES: usize = 64 * 1024;
+/// Longest accepted `description`, in bytes (it is kept with the DAG's state, which is
+/// rewritten and replicated whenever the DAG changes).
+pub const MAX_DESCRIPTION_BYTES: usize = 4096;
 /// Longest accepted module file name, in bytes (a file name on common file systems).
 pub const MAX_MODULE_NAME_BYTES: usize = 255;
 /// Most inputs (command-line arguments) of one task: enough for a task that takes the

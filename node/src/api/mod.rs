@@ -42,6 +42,8 @@ use crate::store::{ModuleStore, SpecRecord};
 pub const MAX_MODULE_BYTES: usize = 64 * 1024 * 1024;
 /// Largest DAG submission (the YAML plus the module table).
 pub const MAX_SUBMIT_BYTES: usize = 32 * 1024 * 1024;
+/// Longest accepted `source` of a submission (a file path), bytes.
+pub const MAX_SOURCE_BYTES: usize = 4096;
 /// Longest a long poll waits before answering with the unchanged DAG.
 const MAX_WAIT: Duration = Duration::from_secs(60);
 
@@ -209,6 +211,14 @@ async fn submit(
     let (req, origin, dag) = tokio::task::spawn_blocking(move || {
         let req: SubmitRequest = serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad_request(format!("bad submit request: {e}")))?;
+        // `source` is kept with the DAG's state, rewritten and replicated on every change.
+        if let Some(source) = &req.source {
+            if source.len() > MAX_SOURCE_BYTES || source.chars().any(char::is_control) {
+                return Err(ApiError::bad_request(format!(
+                    "bad submit request: `source` must be one line of at most {MAX_SOURCE_BYTES} bytes"
+                )));
+            }
+        }
         let origin = req.source.clone().unwrap_or_else(|| "DAG".into());
         let dag =
             parse_dag(&req.yaml).map_err(|e| ApiError::bad_request(format!("{origin}: {e}")))?;

@@ -506,7 +506,8 @@ impl Actor {
                 .flush_unflushed()
                 .await
                 .map_err(ControllerError::from)
-                .and_then(|()| self.list(limit as usize))
+                // hook(trust): a peer's limit is capped like the API's.
+                .and_then(|()| self.list((limit as usize).min(10_000)))
             {
                 Ok(v) => Response::Dags(v),
                 Err(e) => Response::Error {

@@ -72,11 +72,56 @@ pub struct DagMeta {
 }
 
 /// The validated DAG and the modules it runs, fixed at submit time.
+///
+/// Decodes only when it is whole: the DAG verifies (`ValidDag` decodes through `verify`),
+/// every module the DAG names has an entry, and every entry is a SHA-256 in hex (no more
+/// entries than the DAG has tasks).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(try_from = "UncheckedSpec")]
 pub struct SpecRecord {
     pub dag: ValidDag,
     /// Module file name -> SHA-256 (hex) of its bytes.
     pub modules: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+struct UncheckedSpec {
+    dag: ValidDag,
+    modules: BTreeMap<String, String>,
+}
+
+impl TryFrom<UncheckedSpec> for SpecRecord {
+    type Error = String;
+
+    fn try_from(raw: UncheckedSpec) -> Result<SpecRecord, String> {
+        if raw.modules.len() > raw.dag.tasks.len() {
+            return Err(format!(
+                "the spec lists {} modules for {} tasks",
+                raw.modules.len(),
+                raw.dag.tasks.len()
+            ));
+        }
+        if let Some((name, hash)) = raw.modules.iter().find(|(_, h)| !modules::is_hash(h)) {
+            return Err(format!(
+                "module {name:?} has {hash:?} as its hash, not a SHA-256"
+            ));
+        }
+        if let Some(task) = raw
+            .dag
+            .tasks
+            .iter()
+            .find(|t| !raw.modules.contains_key(&t.module))
+        {
+            return Err(format!(
+                "task {:?} runs module {:?}, which the spec has no hash for",
+                task.id, task.module
+            ));
+        }
+        Ok(SpecRecord {
+            dag: raw.dag,
+            modules: raw.modules,
+        })
+    }
 }
 
 /// One task's durable state. A task with no record is pending and was never attempted.
@@ -732,6 +777,37 @@ mod tests {
             .expect("raw");
         assert_eq!(store.list(10).expect("list").len(), 1);
         assert_eq!(store.quarantined().expect("q").len(), 5);
+    }
+
+    #[test]
+    fn a_spec_decodes_only_with_a_hash_for_every_module() {
+        let good = spec();
+        let bytes = encode(&good).expect("enc");
+        assert_eq!(
+            serde_cbor::from_slice::<SpecRecord>(&bytes).expect("good"),
+            good
+        );
+        let mut missing = spec();
+        missing.modules.clear();
+        let mut bad_hash = spec();
+        bad_hash
+            .modules
+            .insert("m.wasm".into(), "../../etc/passwd".into());
+        let mut too_many = spec();
+        for i in 0..5 {
+            too_many
+                .modules
+                .insert(format!("x{i}.wasm"), "00".repeat(32));
+        }
+        for (why, s) in [
+            ("no hash for", missing),
+            ("not a SHA-256", bad_hash),
+            ("modules for 2 tasks", too_many),
+        ] {
+            let err =
+                serde_cbor::from_slice::<SpecRecord>(&encode(&s).expect("enc")).expect_err(why);
+            assert!(err.to_string().contains(why), "{why}: {err}");
+        }
     }
 
     /// A reader that found bad bytes never deletes a record rewritten since (the actor
