@@ -14,6 +14,8 @@
 //! - [`mesh`]: typed mesh messages in the versioned wire envelope; membership table.
 //! - [`api`]: the HTTP API (axum) used by the CLI and scripts.
 //! - [`client`]: the CLI's side of that API (`submit`, `dag`, `dags`, `cancel`, `status`).
+//! - `fuzzing` (tests, and the `fuzzing` feature for `fuzz/`): one function per fuzz target,
+//!   every decoder and handler a peer or a user reaches.
 
 pub mod api;
 pub mod client;
@@ -21,6 +23,9 @@ pub mod config;
 pub mod controller;
 pub mod election;
 pub mod executor;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod mesh;
 pub mod net;
 pub mod node;
