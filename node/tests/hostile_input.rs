@@ -426,3 +426,74 @@ fn many_functions(n: u32) -> Vec<u8> {
     section(10, code, &mut out);
     out
 }
+
+/// The executor side of the memory row: a job that asks for more memory than this node's
+/// executors have (as a peer's assignment could) is held to the executor size and fails
+/// saying both sizes, instead of growing to 1 GB.
+#[test]
+fn a_job_is_held_to_the_executor_size_whatever_it_asks() {
+    use bx3_node::executor::frame::Request;
+    use bx3_node::executor::sizing::{FixedRam, Sizer};
+    use bx3_node::executor::{Job, Pool, PoolConfig, MAX_OUTPUT, STDERR_TAIL};
+
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wasm = std::fs::read(wasm_modules().join("memory_bomb.wasm")).expect("module");
+        let hash = bx3_node::store::modules::sha256_hex(&wasm);
+        std::fs::create_dir_all(dir.path().join("modules")).expect("mkdir");
+        std::fs::write(
+            dir.path().join("modules").join(format!("{hash}.wasm")),
+            &wasm,
+        )
+        .expect("write");
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::channel(4);
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let sizer = Sizer {
+            source: Box::new(FixedRam(1 << 30)),
+            ram_per_executor_mb: 64,
+            min_free_ram_mb: 0,
+            max_executors: Some(1),
+        };
+        let (pool, _capacity, task) = Pool::start(
+            PoolConfig {
+                exe: BIN.into(),
+                data_dir: dir.path().to_path_buf(),
+                max_memory_bytes: 64 << 20,
+                compiler: None,
+            },
+            sizer,
+            done_tx,
+            shutdown.clone(),
+        );
+        let job = Job {
+            dag: bx3_protocol::ids::DagId::new(1, 1),
+            task: 0,
+            attempt: 1,
+            module: "memory_bomb.wasm".into(),
+            request: Request {
+                module_hash: hash,
+                argv: vec!["memory_bomb.wasm".into()],
+                env: vec![],
+                stdin: vec![],
+                memory_bytes: 4096 << 20,
+                max_stdout: MAX_OUTPUT,
+                max_stderr_tail: STDERR_TAIL,
+            },
+            timeout: Duration::from_secs(120),
+            cancel: shutdown.child_token(),
+        };
+        assert!(pool.submit(job).await.is_ok());
+        let done = tokio::time::timeout(Duration::from_secs(120), done_rx.recv())
+            .await
+            .expect("the job ends")
+            .expect("a result");
+        let err = done.outcome.expect_err("the bomb cannot succeed");
+        assert!(
+            err.contains("asked for 4096 MB") && err.contains("have 64 MB"),
+            "{err}"
+        );
+        shutdown.cancel();
+        let _ = task.await;
+    });
+}
