@@ -302,81 +302,79 @@ fn task_state(u: &mut Unstructured) -> ArbResult<TaskState> {
     ])?)
 }
 
-/// A `ValidDag` as a peer could send it: mostly sensible, with out-of-range, repeated and
-/// cyclic indices, duplicate ids and odd sizes mixed in.
+/// A `ValidDag` as a peer could send it: a sensible DAG (acyclic, references listed in
+/// `deps`) two times in three, otherwise one defect mixed in: an index out of range, a
+/// repeated or self dependency, a cycle, a duplicate id, a reference outside `deps`, a bad
+/// module name, a zero timeout, absurd memory, an empty name.
 fn hostile_dag(u: &mut Unstructured) -> ArbResult<ValidDag> {
-    let n = u.int_in_range(0..=12u32)?;
-    let index = |u: &mut Unstructured| -> ArbResult<u32> {
-        Ok(if u.ratio(1, 8)? {
-            u.arbitrary()?
-        } else {
-            u.int_in_range(0..=n.saturating_sub(1))?
-        })
-    };
+    let n = u.int_in_range(1..=12u32)?;
     let mut tasks = Vec::new();
     for i in 0..n {
-        let mut deps = Vec::new();
-        for _ in 0..u.int_in_range(0..=3)? {
-            let d = index(u)?;
-            // Mostly backward edges (acyclic), sometimes anything.
-            deps.push(if u.ratio(7, 8)? && i > 0 { d % i } else { d });
+        let mut deps: Vec<u32> = Vec::new();
+        if i > 0 {
+            for _ in 0..u.int_in_range(0..=3)? {
+                let d = u.int_in_range(0..=i - 1)?;
+                if !deps.contains(&d) {
+                    deps.push(d);
+                }
+            }
         }
         let mut inputs = Vec::new();
         for _ in 0..u.int_in_range(0..=3)? {
-            inputs.push(match u.int_in_range(0..=2u8)? {
-                0 => Input::Literal(u.arbitrary()?),
-                1 => Input::Output(if u.ratio(3, 4)? && !deps.is_empty() {
-                    *u.choose(&deps)?
-                } else {
-                    index(u)?
-                }),
-                _ => Input::Template(vec![
+            inputs.push(match (u.int_in_range(0..=2u8)?, deps.is_empty()) {
+                (1, false) => Input::Output(*u.choose(&deps)?),
+                (2, false) => Input::Template(vec![
                     Part::Text(u.arbitrary()?),
-                    Part::Output(if !deps.is_empty() {
-                        *u.choose(&deps)?
-                    } else {
-                        index(u)?
-                    }),
+                    Part::Output(*u.choose(&deps)?),
                 ]),
+                _ => Input::Literal(u.arbitrary()?),
             });
         }
         tasks.push(bx3_protocol::ValidTask {
-            id: if u.ratio(1, 16)? {
-                "dup".into()
-            } else {
-                format!("t{i}")
-            },
-            module: if u.ratio(1, 16)? {
-                u.arbitrary()?
-            } else {
-                "m.wasm".into()
-            },
+            id: format!("t{i}"),
+            module: "m.wasm".into(),
             inputs,
             deps,
             stdin: String::new(),
             env: Default::default(),
-            timeout_ms: if u.ratio(1, 16)? {
-                u.arbitrary()?
-            } else {
-                1000
-            },
+            timeout_ms: 1000,
             retries: u.int_in_range(0..=3)?,
-            memory_mb: if u.ratio(1, 8)? {
-                Some(u.arbitrary()?)
-            } else {
-                None
-            },
+            memory_mb: None,
         });
     }
-    Ok(ValidDag {
-        name: if u.ratio(1, 16)? {
-            u.arbitrary()?
-        } else {
-            "fuzz".into()
-        },
+    let mut dag = ValidDag {
+        name: "fuzz".into(),
         description: None,
         tasks,
-    })
+    };
+    if u.ratio(1, 3)? {
+        let t = u.int_in_range(0..=n - 1)? as usize;
+        let any: u32 = u.arbitrary()?;
+        let task = &mut dag.tasks[t];
+        match u.int_in_range(0..=9u8)? {
+            0 => task.deps.push(n.saturating_add(any % 1000)),
+            1 => task.deps.push(t as u32),
+            2 => {
+                if let Some(&d) = task.deps.first() {
+                    task.deps.push(d);
+                }
+            }
+            3 => {
+                // A back edge from an earlier task: a cycle.
+                let later = t as u32;
+                if let Some(first) = dag.tasks.first_mut() {
+                    first.deps.push(later);
+                }
+            }
+            4 => task.id = "t0".into(),
+            5 => task.inputs.push(Input::Output(any % (n + 2))),
+            6 => task.module = u.arbitrary()?,
+            7 => task.timeout_ms = 0,
+            8 => task.memory_mb = Some(u64::from(any) << 20),
+            _ => dag.name = String::new(),
+        }
+    }
+    Ok(dag)
 }
 
 /// Every WASI host function with arguments from the fuzzer (pointers and lengths anywhere,
