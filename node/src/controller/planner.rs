@@ -182,7 +182,8 @@ impl Planner {
 
     fn touch(&mut self, id: DagId) {
         if let Some(run) = self.runs.get_mut(&id) {
-            run.meta.version += 1;
+            // hook(trust): saturating (a meta from a peer or disk can say anything).
+            run.meta.version = run.meta.version.saturating_add(1);
             self.dirty_runs.insert(id);
         }
     }
@@ -257,7 +258,9 @@ impl Planner {
             let Some(record) = run.tasks.get_mut(idx as usize) else {
                 continue;
             };
-            record.attempts += 1;
+            // hook(trust): saturating: a task record from a peer or disk may carry
+            // `attempts: u32::MAX` (found by fuzzing: overflowed here).
+            record.attempts = record.attempts.saturating_add(1);
             record.node = Some(node.to_string());
             let attempt = record.attempts;
             let mut argv = Vec::with_capacity(inputs.len() + 1);
@@ -727,6 +730,56 @@ tasks:
         let run = p.run(&id).expect("run");
         assert_eq!(run.meta.state, DagState::Failed);
         assert_eq!(run.meta.finished_at_ms, Some(6));
+    }
+
+    /// Found by fuzzing (`fuzz/`, target `planner`): task records and a meta as a peer or a
+    /// damaged disk may hold them, at the top of their ranges, are scheduled without an
+    /// arithmetic overflow.
+    #[test]
+    fn records_at_the_top_of_their_ranges_do_not_overflow() {
+        let dag = parse_dag(FANOUT).expect("valid dag");
+        let modules = dag
+            .module_names()
+            .into_iter()
+            .map(|m| (m, "ab".repeat(32)))
+            .collect();
+        let meta = DagMeta {
+            name: "x".into(),
+            description: None,
+            source: None,
+            state: DagState::Running,
+            created_at_ms: u64::MAX,
+            finished_at_ms: None,
+            version: u64::MAX,
+            counts: Counts {
+                total: u64::MAX,
+                pending: u64::MAX,
+                succeeded: u64::MAX,
+                ..Counts::default()
+            },
+        };
+        let top = TaskRecord {
+            attempts: u32::MAX,
+            ..TaskRecord::default()
+        };
+        let mut p = Planner::new();
+        let id = DagId::new(1, 1);
+        p.add(
+            id,
+            meta,
+            Arc::new(SpecRecord { dag, modules }),
+            vec![top; 4],
+        );
+        let a = p.next_assignment("me").expect("init is ready");
+        assert_eq!(a.attempt, u32::MAX);
+        assert!(p.on_result(id, a.task, a.attempt, Err("boom".into()), 1));
+        let run = p.run(&id).expect("run");
+        assert_eq!(run.meta.counts.total, 4);
+        assert_eq!(
+            run.meta.counts.done(),
+            4,
+            "failed, and its dependents skipped"
+        );
     }
 
     mod prop {

@@ -173,7 +173,8 @@ impl Replication {
         }
         // Deterministic order (the simulator replays seeds; followers merge per DAG anyway).
         dags.sort_by_key(|d| d.id);
-        let seq = self.pos.seq + 1;
+        // hook(trust): saturating (the position comes from disk or a peer's snapshot).
+        let seq = self.pos.seq.saturating_add(1);
         self.pos = LogPos { term, seq };
         store.put_repl_pos(&self.pos)?;
         let batch = Arc::new(Batch { seq, dags });
@@ -216,7 +217,8 @@ impl Replication {
             f.in_flight = true;
             f.in_flight_snapshot = false;
             let window_start = self.log.front().map(|b| b.seq).unwrap_or(u64::MAX);
-            let (snapshot, prev, batches) = if !needs_snapshot && acked + 1 >= window_start {
+            let next = acked.saturating_add(1); // hook(trust): a follower's answer: saturating
+            let (snapshot, prev, batches) = if !needs_snapshot && next >= window_start {
                 let batches: Vec<Batch> = self
                     .log
                     .iter()
