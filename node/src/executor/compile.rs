@@ -47,7 +47,7 @@ impl Default for Limits {
         Limits {
             wall: Duration::from_secs(120),
             cpu_secs: 60,
-            address_space: 4 << 30,
+            address_space: 2 << 30,
         }
     }
 }
@@ -209,6 +209,12 @@ impl Compiler {
             .arg(limits.cpu_secs.to_string())
             .arg("--address-space")
             .arg(limits.address_space.to_string())
+            // One compile is one core (the slots bound how many run), and its address space
+            // stays predictable on machines with many cores: cranelift compiles functions on
+            // rayon's pool (a thread per core by default), and glibc reserves an arena of
+            // 64 MiB of address space per thread.
+            .env("RAYON_NUM_THREADS", "1")
+            .env("MALLOC_ARENA_MAX", "2")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
