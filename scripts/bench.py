@@ -43,13 +43,15 @@ MODULES = os.path.join(REPO, "wasm_modules")
 
 def http(method, url, body=None, timeout=120):
     data = None
-    headers = {}
+    # The API refuses state changes with a content type a web page could send cross-origin
+    # (text/plain, forms): JSON for everything, wasm for module uploads, also without a body.
+    headers = {"content-type": "application/json"}
     if body is not None:
         if isinstance(body, (bytes, bytearray)):
             data = bytes(body)
+            headers["content-type"] = "application/wasm"
         else:
             data = json.dumps(body).encode()
-            headers["content-type"] = "application/json"
     req = urllib.request.Request(url, data=data, method=method, headers=headers)
     with urllib.request.urlopen(req, timeout=timeout) as r:
         raw = r.read()

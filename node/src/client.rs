@@ -164,16 +164,56 @@ pub fn find_module(
     )))
 }
 
+/// The API token the CLI sends: the file given with `--api-token-file`, else the
+/// `BX3_API_TOKEN` variable, else none.
+pub fn api_token(file: Option<&Path>) -> Result<Option<String>, ClientError> {
+    let raw = match file {
+        Some(path) => std::fs::read_to_string(path).map_err(|e| {
+            ClientError::Input(format!(
+                "cannot read the API token file {}: {e}",
+                path.display()
+            ))
+        })?,
+        None => match std::env::var("BX3_API_TOKEN") {
+            Ok(v) if !v.trim().is_empty() => v,
+            _ => return Ok(None),
+        },
+    };
+    let token = raw.trim();
+    if token.is_empty() {
+        return Err(ClientError::Input("the API token is empty".into()));
+    }
+    Ok(Some(token.to_string()))
+}
+
 pub struct Client {
     base: String,
     http: reqwest::Client,
 }
 
 impl Client {
+    /// A client for the node at `base`, sending `BX3_API_TOKEN` if it is set.
     pub fn new(base: String) -> Client {
+        let token = api_token(None).ok().flatten();
+        Client::with_token(base, token)
+    }
+
+    /// A client sending `Authorization: Bearer <token>` with every request when `token` is
+    /// set (the node requires it when it was started with one).
+    pub fn with_token(base: String, token: Option<String>) -> Client {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = token {
+            if let Ok(mut value) =
+                reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            {
+                value.set_sensitive(true);
+                headers.insert(reqwest::header::AUTHORIZATION, value);
+            }
+        }
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(120))
+            .default_headers(headers)
             .build()
             .unwrap_or_default();
         Client { base, http }
@@ -234,6 +274,7 @@ impl Client {
             self.http
                 .put(format!("{}/v1/modules", self.base))
                 .query(&[("name", name)])
+                .header(reqwest::header::CONTENT_TYPE, "application/wasm")
                 .body(bytes),
         )
         .await
@@ -297,8 +338,14 @@ impl Client {
     }
 
     pub async fn cancel(&self, id: &str) -> Result<DagView, ClientError> {
-        self.json(self.http.post(format!("{}/v1/dags/{id}/cancel", self.base)))
-            .await
+        // A JSON content type even without a body: the API refuses state changes that a web
+        // page could send without a CORS preflight.
+        self.json(
+            self.http
+                .post(format!("{}/v1/dags/{id}/cancel", self.base))
+                .header(reqwest::header::CONTENT_TYPE, "application/json"),
+        )
+        .await
     }
 
     /// Testing only (a node with `--debug-api`): cut it off from `peer`, or connect them again.
@@ -374,7 +421,7 @@ impl Client {
             match self.submit(&req).await {
                 Ok(resp) => return Ok(resp.id),
                 Err(e) if e.is_transient() && Instant::now() + pause < deadline => {
-                    tracing::debug!("submit will be retried: {e}");
+                    tracing::debug!(error = ?e.to_string(), "submit will be retried");
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(2));
                 }

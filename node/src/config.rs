@@ -77,6 +77,28 @@ pub struct RunArgs {
     #[arg(long, env = "BX3_DEBUG_API")]
     pub debug_api: bool,
 
+    /// Require `Authorization: Bearer <token>` on every API request, the token read from
+    /// this file (surrounding whitespace ignored). The CLI sends it with --api-token-file or
+    /// BX3_API_TOKEN. Required for an --api address that is not loopback.
+    #[arg(long, env = "BX3_API_TOKEN_FILE", value_name = "FILE")]
+    pub api_token_file: Option<PathBuf>,
+
+    /// The API token itself (prefer the BX3_API_TOKEN variable or --api-token-file: a flag
+    /// is visible to every user of the machine in the process list).
+    #[arg(
+        long,
+        env = "BX3_API_TOKEN",
+        value_name = "TOKEN",
+        hide = true,
+        hide_env_values = true
+    )]
+    pub api_token: Option<String>,
+
+    /// Serve the API on a non-loopback --api address without a token: anyone who can reach
+    /// that address can then submit and run DAGs on the mesh.
+    #[arg(long, env = "BX3_API_INSECURE")]
+    pub api_insecure: bool,
+
     /// Test hook: read "available RAM" (MB) from this file instead of the OS.
     #[arg(long, hide = true, value_name = "PATH")]
     pub ram_file: Option<PathBuf>,
@@ -106,6 +128,8 @@ pub struct Config {
     pub executor_wrapper: Vec<String>,
     /// Serve the debug endpoints (`--debug-api`).
     pub debug_api: bool,
+    /// Bearer token every API request must carry (`None`: no token).
+    pub api_token: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +150,16 @@ pub enum ConfigError {
     MaxExecutors,
     #[error("no data dir given and the platform has no data directory; pass --data-dir DIR")]
     NoDataDir,
+    #[error("cannot read the API token file {path}: {reason}")]
+    TokenFile { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Token(#[from] crate::api::security::TokenError),
+    #[error(
+        "--api {0} is reachable from other machines, and without a token anyone who can reach \
+         it can run code on this mesh; set BX3_API_TOKEN or --api-token-file FILE (or pass \
+         --api-insecure if that is really what you want)"
+    )]
+    InsecureApi(SocketAddr),
 }
 
 /// The platform data dir (`~/.local/share/bx3` on Linux and Termux).
@@ -185,9 +219,24 @@ impl RunArgs {
                     .expect("constant multiaddr is valid"),
             );
         }
+        let api = parse_api_addr(&self.api)?;
+        let api_token = match (&self.api_token_file, &self.api_token) {
+            (Some(path), _) => {
+                let raw = std::fs::read_to_string(path).map_err(|e| ConfigError::TokenFile {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+                Some(crate::api::security::parse_token(&raw)?)
+            }
+            (None, Some(raw)) => Some(crate::api::security::parse_token(raw)?),
+            (None, None) => None,
+        };
+        if !api.ip().is_loopback() && api_token.is_none() && !self.api_insecure {
+            return Err(ConfigError::InsecureApi(api));
+        }
         Ok(Config {
             data_dir,
-            api: parse_api_addr(&self.api)?,
+            api,
             listen,
             peers: parse_addrs("peer", &self.peer)?,
             mdns: !self.no_mdns,
@@ -202,6 +251,7 @@ impl RunArgs {
                 .map(|w| w.split_whitespace().map(str::to_string).collect())
                 .unwrap_or_default(),
             debug_api: self.debug_api,
+            api_token,
         })
     }
 }
@@ -478,5 +528,34 @@ mod tests {
         let c = args().validate().expect("defaults are valid");
         assert!(c.mdns);
         assert_eq!(c.listen.len(), 1);
+    }
+
+    #[test]
+    fn a_reachable_api_needs_a_token_or_an_explicit_insecure() {
+        let mut a = args();
+        a.api = "0.0.0.0:7420".into();
+        let err = a.validate().expect_err("open API").to_string();
+        assert!(
+            err.contains("BX3_API_TOKEN") && err.contains("--api-insecure"),
+            "{err}"
+        );
+        a.api_insecure = true;
+        assert!(a.validate().is_ok());
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("token");
+        std::fs::write(&file, "0123456789abcdef0123\n").expect("write");
+        let mut a = args();
+        a.api = "192.168.1.5:7420".into();
+        a.api_token_file = Some(file.clone());
+        assert_eq!(
+            a.validate().expect("token").api_token.as_deref(),
+            Some("0123456789abcdef0123")
+        );
+        std::fs::write(&file, "short").expect("write");
+        assert!(a.validate().is_err(), "a short token is refused");
+        a.api_token_file = Some(dir.path().join("missing"));
+        let err = a.validate().expect_err("missing").to_string();
+        assert!(err.contains("cannot read the API token file"), "{err}");
     }
 }

@@ -25,6 +25,9 @@
 //!                 store  net ◀──▶ peers (gossip, request-response)
 //! ```
 //!
+//! `fuzzing` (tests, and the `fuzzing` feature for `fuzz/`) has one function per fuzz target:
+//! every decoder and handler a peer or a user reaches.
+//!
 //! Mesh messages themselves (gossip, requests, responses) are wire types in
 //! `bx3_protocol::mesh`.
 
@@ -34,6 +37,9 @@ pub mod cluster;
 pub mod config;
 pub mod election;
 pub mod executor;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metrics;
 pub mod net;
 pub mod node;

@@ -141,6 +141,9 @@ enum InternalCommand {
     /// Internal: an executor process (started by the node).
     #[command(name = "__executor", hide = true)]
     Executor(ExecutorArgs),
+    /// Internal: a module compile process (started by the node).
+    #[command(name = "__compile", hide = true)]
+    Compile(CompileArgs),
 }
 
 /// How a client finds its node.
@@ -153,6 +156,9 @@ struct Target {
     /// Data dir of the node to talk to (its api.addr names the URL).
     #[arg(long, env = "BX3_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// File holding the node's API token [default: the BX3_API_TOKEN variable].
+    #[arg(long, env = "BX3_API_TOKEN_FILE", value_name = "FILE")]
+    api_token_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -302,6 +308,22 @@ struct ExecutorArgs {
     /// The node's data dir (modules and the compiled-module cache).
     #[arg(long)]
     data_dir: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct CompileArgs {
+    /// Where the compiled artifact goes.
+    #[arg(long)]
+    cache_dir: PathBuf,
+    /// The module's hash (its bytes come on standard input).
+    #[arg(long)]
+    hash: String,
+    /// CPU seconds the compile may use.
+    #[arg(long)]
+    cpu_secs: u64,
+    /// Address space (bytes) the compile may use.
+    #[arg(long)]
+    address_space: u64,
 }
 
 /// The clap command with the settings derive cannot express.
@@ -474,6 +496,15 @@ fn main() -> ExitCode {
                     ExitCode::from(3)
                 }
             }
+        }
+        Some(Command::Internal(InternalCommand::Compile(a))) => {
+            let code = bx3_node::executor::compile::serve_child(
+                &a.cache_dir,
+                &a.hash,
+                a.cpu_secs,
+                a.address_space,
+            );
+            ExitCode::from(u8::try_from(code).unwrap_or(3))
         }
     }
 }
@@ -800,10 +831,10 @@ impl ClientCommand {
 
 async fn client_command(cmd: ClientCommand) -> Result<(), ClientError> {
     let target = cmd.target();
-    let client = Client::new(client::resolve_api(
-        target.api.as_deref(),
-        target.data_dir.as_deref(),
-    )?);
+    let client = Client::with_token(
+        client::resolve_api(target.api.as_deref(), target.data_dir.as_deref())?,
+        client::api_token(target.api_token_file.as_deref())?,
+    );
     match cmd {
         ClientCommand::Submit(a) => {
             let id = client.submit_file(&a.file, a.modules.as_deref()).await?;

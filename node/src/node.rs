@@ -12,13 +12,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use libp2p::identity::Keypair;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::election;
+use crate::executor::compile::{self, Compiler};
 use crate::executor::{self, Pool, PoolConfig};
 use crate::metrics::Metrics;
 use crate::net;
@@ -160,9 +161,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
         }
     };
     let store = Store::open(&dir.join("db"))?;
-    let modules = ModuleStore::open(dir.join("modules")).map_err(io_err(&dir))?;
     let compiled_dir = dir.join("compiled");
     std::fs::create_dir_all(&compiled_dir).map_err(io_err(&dir))?;
+    let exe = std::env::current_exe().map_err(NodeError::Exe)?;
+    // One compile service for uploads, peer fetches and the executors (see executor::compile).
+    let compiler = Compiler::new(
+        Some(exe.clone()),
+        compiled_dir,
+        Compiler::default_slots(),
+        compile::Limits::default(),
+    )
+    .with_wrapper(config.executor_wrapper.clone());
+    let modules = ModuleStore::open(dir.join("modules"))
+        .map_err(io_err(&dir))?
+        .with_compiler(compiler.clone());
 
     let ram_source: Box<dyn executor::sizing::RamSource> = match &config.ram_file {
         Some(path) => Box::new(executor::sizing::FileRam {
@@ -182,13 +194,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
     let metrics = Metrics::new();
     let mut tasks = JoinSet::new();
     let (done_tx, done_rx) = mpsc::channel(4096);
-    let exe = std::env::current_exe().map_err(NodeError::Exe)?;
     let (pool, capacity, pool_task) = Pool::start(
         PoolConfig {
             exe,
             data_dir: dir.clone(),
             metrics: metrics.clone(),
             wrapper: config.executor_wrapper.clone(),
+            max_memory_bytes: config.ram_per_executor_mb.saturating_mul(1024 * 1024),
+            compiler: Some(compiler.clone()),
         },
         sizer,
         done_tx,
@@ -277,8 +290,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
     let state = ApiState {
         controller: handle,
         modules,
-        compiled_dir,
-        compile_slots: Arc::new(Semaphore::new(2)),
+        compiler,
+        security: api::security::Policy::new(local, config.api_token.as_deref()),
         metrics,
         store: replica,
         debug: debug_net.map(|net| api::Debug { net }),
@@ -300,13 +313,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
     }
     let addr_file = dir.join("api.addr");
     write_private(&addr_file, url.as_bytes()).map_err(io_err(&dir))?;
-    tracing::info!(api = %url, "API ready");
+    tracing::info!(
+        api = %url,
+        token = if config.api_token.is_some() { "required" } else { "none" },
+        "API ready"
+    );
 
     let mut result = Ok(());
     while let Some(joined) = tasks.join_next().await {
         let r = joined.unwrap_or_else(|e| Err(NodeError::Task(e.to_string())));
         if let Err(e) = r {
-            tracing::error!("{e}");
+            tracing::error!(error = ?e.to_string(), "a part of the node failed");
             shutdown.cancel();
             if result.is_ok() {
                 result = Err(e);

@@ -223,7 +223,7 @@ fn version_completions_help_and_usage_errors() {
         MIN,
     );
     let help = text(&out.stdout);
-    assert_eq!(help.matches("BX3_API").count(), 1, "{help}");
+    assert_eq!(help.matches("[env: BX3_API]").count(), 1, "{help}");
     assert!(!help.contains("BX3_API="), "{help}");
 
     // A usage error with --json is a JSON document on stdout, exit 2.
@@ -526,7 +526,10 @@ fn example_tasks_run_the_same_in_a_dag_and_through_exec() {
                 args.push(format!("{k}={v}"));
             }
             args.push(module.display().to_string());
-            args.extend(spec.resolve_inputs(i, output_of));
+            args.extend(
+                spec.resolve_inputs(i, output_of)
+                    .expect("inputs within the limit"),
+            );
             let argv: Vec<&str> = args.iter().map(String::as_str).collect();
             let out = bx3_in(&argv, Some(cache.path()));
             assert_eq!(

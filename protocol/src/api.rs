@@ -123,7 +123,8 @@ pub struct Counts {
 
 impl Counts {
     pub fn add(&mut self, state: TaskState) {
-        *self.slot(state) += 1;
+        let slot = self.slot(state);
+        *slot = slot.saturating_add(1);
     }
     pub fn remove(&mut self, state: TaskState) {
         let slot = self.slot(state);
@@ -140,8 +141,12 @@ impl Counts {
         }
     }
     /// Tasks that reached a final state.
+    /// Saturating: counts from a peer or a damaged record may be anything.
     pub fn done(&self) -> u64 {
-        self.succeeded + self.failed + self.skipped + self.cancelled
+        self.succeeded
+            .saturating_add(self.failed)
+            .saturating_add(self.skipped)
+            .saturating_add(self.cancelled)
     }
 }
 

@@ -43,6 +43,31 @@ pub const MAX_RETRIES: u32 = 100;
 /// Largest accepted `memory`, in MB: a wasm32 module can address at most
 /// 4 GiB (65536 pages of 64 KiB), so asking for more could never be honoured.
 pub const MAX_MEMORY_MB: u64 = 4096;
+/// Longest accepted DAG `name`, in bytes (it is shown in every listing and log line).
+pub const MAX_NAME_BYTES: usize = 1024;
+/// Longest accepted `description`, in bytes (it is kept with the DAG's state, which is
+/// rewritten and replicated whenever the DAG changes).
+pub const MAX_DESCRIPTION_BYTES: usize = 4096;
+/// Longest accepted module file name, in bytes (a file name on common file systems).
+pub const MAX_MODULE_NAME_BYTES: usize = 255;
+/// Most inputs (command-line arguments) of one task: enough for a task that takes the
+/// output of every other task (a fan-in); their total size is bounded separately.
+pub const MAX_INPUTS: usize = MAX_TASKS;
+/// Most environment variables of one task (after `defaults.env` is merged in).
+pub const MAX_ENV: usize = 4096;
+/// Longest environment variable name, in bytes.
+pub const MAX_ENV_KEY_BYTES: usize = 4096;
+/// Largest text of one task, in bytes: its `stdin`, its environment (names and values
+/// together), or its inputs once upstream outputs are substituted (see
+/// [`ValidDag::resolve_inputs`]). It is the size of the largest task output (8 MiB), so
+/// any single output can be passed on as an input.
+pub const MAX_TASK_TEXT_BYTES: usize = 8 * 1024 * 1024;
+/// Largest validated DAG, in bytes of its text plus a small overhead per task (see
+/// [`ValidDag::size_bytes`]): a DAG is stored and replicated whole, in mesh requests of at
+/// most 64 MiB. `defaults` count once per task, since every task carries its own copy.
+pub const MAX_DAG_BYTES: usize = 32 * 1024 * 1024;
+/// Per-task overhead counted by [`ValidDag::size_bytes`] (field names, numbers, vectors).
+const TASK_OVERHEAD_BYTES: usize = 64;
 
 // ---------------------------------------------------------------------------
 // Timeout
@@ -204,9 +229,12 @@ impl<'de> Deserialize<'de> for Timeout {
 pub struct DagSpec {
     /// Human-readable name; required and non-empty (checked by `validate`,
     /// so that a missing name gets the same clear message as an empty one).
-    #[serde(deserialize_with = "null_as_default")]
+    #[serde(deserialize_with = "counted")]
     pub name: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "counted_option"
+    )]
     pub description: Option<String>,
     /// Values for task fields that a task leaves out.
     #[serde(
@@ -223,14 +251,20 @@ pub struct DagSpec {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TaskDefaults {
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "counted_option"
+    )]
     pub stdin: Option<String>,
     #[serde(
-        deserialize_with = "null_as_default",
+        deserialize_with = "counted",
         skip_serializing_if = "BTreeMap::is_empty"
     )]
     pub env: BTreeMap<String, String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "counted_option"
+    )]
     pub timeout: Option<Timeout>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retries: Option<u32>,
@@ -250,24 +284,33 @@ impl TaskDefaults {
 pub struct TaskSpec {
     /// Required and non-empty (checked by `validate`, which can then name
     /// the task by its position, `tasks[3]`).
-    #[serde(deserialize_with = "null_as_default")]
+    #[serde(deserialize_with = "counted")]
     pub id: String,
     /// The WebAssembly module's file name, e.g. `extract.wasm`.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "counted_option"
+    )]
     pub module: Option<String>,
     /// Command-line arguments; see [`Input`] for how they refer to outputs.
-    #[serde(deserialize_with = "null_as_default")]
+    #[serde(deserialize_with = "counted")]
     pub inputs: Vec<String>,
-    #[serde(deserialize_with = "null_as_default")]
+    #[serde(deserialize_with = "counted")]
     pub depends_on: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "counted_option"
+    )]
     pub stdin: Option<String>,
     #[serde(
-        deserialize_with = "null_as_default",
+        deserialize_with = "counted",
         skip_serializing_if = "BTreeMap::is_empty"
     )]
     pub env: BTreeMap<String, String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "counted_option"
+    )]
     pub timeout: Option<Timeout>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retries: Option<u32>,
@@ -287,22 +330,164 @@ where
 }
 
 // ---------------------------------------------------------------------------
+// The expansion budget
+// ---------------------------------------------------------------------------
+
+// YAML aliases (`*name`) are expanded by the deserializer: every use builds a new copy of
+// the anchored value, so a small file can describe gigabytes of strings (one 2,000-string
+// list used by 5,000 tasks took a node to 1.67 GB). [`DagSpec::from_yaml`] therefore gives
+// the deserializer a budget of text it may build, and every string-holding field charges
+// what it built as soon as it is built. An alias-free file never comes near the budget
+// (each value costs at least its own bytes in the file); a refusal names the field and the
+// line where the budget ran out.
+
+thread_local! {
+    /// Units of text the deserialization running on this thread may still build; `None`
+    /// when no budget applies (specs decoded from JSON or CBOR are bounded by their size).
+    static BUDGET: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// The expansion budget for a YAML text of `len` bytes.
+fn expansion_budget(len: usize) -> usize {
+    len.saturating_mul(2).saturating_add(1024 * 1024)
+}
+
+/// Runs `f` with a budget of `units` for this thread's deserialization, restoring the
+/// previous state afterwards (also if `f` panics).
+fn with_budget<R>(units: usize, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<usize>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            BUDGET.with(|b| b.set(self.0));
+        }
+    }
+    let _restore = Restore(BUDGET.with(|b| b.replace(Some(units))));
+    f()
+}
+
+fn charge<E: de::Error>(units: usize) -> Result<(), E> {
+    BUDGET.with(|b| match b.get() {
+        None => Ok(()),
+        Some(left) => match left.checked_sub(units) {
+            Some(rest) => {
+                b.set(Some(rest));
+                Ok(())
+            }
+            None => {
+                b.set(Some(0));
+                Err(E::custom(
+                    "the file expands to far more text than it contains (YAML aliases, \
+                     `*name`, copy the anchored value at every use); write the values out or \
+                     put shared settings in `defaults:`",
+                ))
+            }
+        },
+    })
+}
+
+/// How much text a deserialized value holds, in budget units (bytes, plus one per value).
+trait Weigh {
+    fn weight(&self) -> usize;
+}
+
+impl Weigh for String {
+    fn weight(&self) -> usize {
+        self.len() + 1
+    }
+}
+
+impl Weigh for Timeout {
+    fn weight(&self) -> usize {
+        self.text.len() + 1
+    }
+}
+
+impl<T: Weigh> Weigh for Option<T> {
+    fn weight(&self) -> usize {
+        self.as_ref().map_or(1, Weigh::weight)
+    }
+}
+
+impl<T: Weigh> Weigh for Vec<T> {
+    fn weight(&self) -> usize {
+        self.iter()
+            .fold(1usize, |sum, v| sum.saturating_add(v.weight()))
+    }
+}
+
+impl<K: Weigh, V: Weigh> Weigh for BTreeMap<K, V> {
+    fn weight(&self) -> usize {
+        self.iter().fold(1usize, |sum, (k, v)| {
+            sum.saturating_add(k.weight()).saturating_add(v.weight())
+        })
+    }
+}
+
+/// [`null_as_default`], charging the value to the expansion budget.
+fn counted<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default + Weigh,
+{
+    let value: T = null_as_default(deserializer)?;
+    charge::<D::Error>(value.weight())?;
+    Ok(value)
+}
+
+/// An optional field, charging the value to the expansion budget.
+fn counted_option<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Weigh,
+{
+    let value = Option::<T>::deserialize(deserializer)?;
+    charge::<D::Error>(value.weight())?;
+    Ok(value)
+}
+
+// ---------------------------------------------------------------------------
 // The validated form
 // ---------------------------------------------------------------------------
 
 /// A DAG that passed [`DagSpec::validate`]: ids are unique and well-formed,
 /// every dependency and output reference points at an existing task listed
-/// in `deps`, defaults are applied, and the graph is acyclic.
+/// in `deps`, defaults are applied, every size is within its limit, and the
+/// graph is acyclic.
 ///
-/// The fields are public (and the type is `Deserialize`) so it can travel
-/// between nodes; a value that did not come from `validate` — e.g. one
-/// received from a peer — should be checked with [`ValidDag::verify`] before
-/// it is trusted. The methods never panic, even on an unverified value.
+/// It travels between nodes and lives on disk, so it is `Deserialize` — but
+/// only through [`ValidDag::verify`]: decoding a value that breaks any of
+/// those invariants (from a peer, or a damaged record) fails with the
+/// [`DagError`] that says which, so no code behind a decoder can hold an
+/// unchecked one. The fields stay public for code that builds DAGs itself;
+/// the methods never panic, even on a value built wrong.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "UncheckedDag")]
 pub struct ValidDag {
     pub name: String,
     pub description: Option<String>,
     pub tasks: Vec<ValidTask>,
+}
+
+/// The wire and disk form of a [`ValidDag`] before [`ValidDag::verify`] ran.
+#[derive(Deserialize)]
+struct UncheckedDag {
+    name: String,
+    description: Option<String>,
+    tasks: Vec<ValidTask>,
+}
+
+impl TryFrom<UncheckedDag> for ValidDag {
+    type Error = DagError;
+
+    fn try_from(raw: UncheckedDag) -> Result<ValidDag, DagError> {
+        let dag = ValidDag {
+            name: raw.name,
+            description: raw.description,
+            tasks: raw.tasks,
+        };
+        dag.verify()?;
+        Ok(dag)
+    }
 }
 
 /// A task of a [`ValidDag`], with defaults applied.
@@ -401,6 +586,13 @@ pub enum DagError {
 
     #[error("the DAG has no tasks; `tasks:` must list at least one task")]
     NoTasks,
+
+    #[error(
+        "the DAG's name {:?} contains a control character (a line break, a tab, ...); \
+         it is shown on one line in listings and logs",
+        clip(name)
+    )]
+    NameHasControl { name: String },
 
     #[error("the DAG has {count} tasks; at most {max} are allowed")]
     TooManyTasks { count: usize, max: usize },
@@ -516,6 +708,62 @@ pub enum DagError {
         input: usize,
         text: String,
     },
+
+    #[error("the YAML text is {bytes} bytes; at most {max} are allowed")]
+    YamlTooLarge { bytes: usize, max: usize },
+
+    #[error(
+        "YAML error at line {line}, column {column}: nested more than {max} levels deep; \
+         a DAG file needs only a few"
+    )]
+    YamlTooDeep {
+        line: usize,
+        column: usize,
+        max: usize,
+    },
+
+    #[error(
+        "YAML error at line {line}, column {column}: more than {max} aliases (`*name`); \
+         put settings shared by many tasks in `defaults:`"
+    )]
+    YamlTooManyAliases {
+        line: usize,
+        column: usize,
+        max: usize,
+    },
+
+    #[error("YAML error at line {line}, column {column}: more than {max} values in one file")]
+    YamlTooManyNodes {
+        line: usize,
+        column: usize,
+        max: usize,
+    },
+
+    /// A string or list over its size limit. `what` names it (`task "a": stdin`).
+    #[error("{what} is {size} {unit}; at most {max} are allowed")]
+    TooLarge {
+        what: String,
+        size: usize,
+        max: usize,
+        unit: &'static str,
+    },
+
+    #[error(
+        "the DAG is {size} bytes once every task has its own copy of `defaults`; at most \
+         {max} are allowed (it is stored and sent between nodes whole)"
+    )]
+    DagTooLarge { size: usize, max: usize },
+
+    #[error("{at}: env {:?} {reason}", clip(key))]
+    InvalidEnv {
+        at: Subject,
+        key: String,
+        reason: &'static str,
+    },
+
+    /// Only from [`ValidDag::verify`]: a dependency listed twice.
+    #[error("task {:?}: deps lists task index {index} twice", clip(task))]
+    DuplicateDependency { task: String, index: u32 },
 
     /// Only from [`ValidDag::verify`]: an index (in `deps` or an output
     /// reference) that does not point at a task.
@@ -654,8 +902,15 @@ pub fn parse_dag(text: &str) -> Result<ValidDag, DagError> {
 impl DagSpec {
     /// Parses YAML text. Only syntax and shape are checked here (types,
     /// unknown fields); errors carry the line and column.
+    ///
+    /// The text is first checked by [`crate::yaml_guard`] (size, nesting, aliases, number
+    /// of values) in one linear pass, and the deserializer then runs with a budget of
+    /// text it may build, so no input costs more than a bounded multiple of its own size
+    /// in CPU or memory.
     pub fn from_yaml(text: &str) -> Result<DagSpec, DagError> {
-        serde_yaml::from_str(text).map_err(DagError::from_yaml)
+        crate::yaml_guard::check(text)?;
+        with_budget(expansion_budget(text.len()), || serde_yaml::from_str(text))
+            .map_err(DagError::from_yaml)
     }
 
     /// Checks everything [`from_yaml`](DagSpec::from_yaml) cannot and builds
@@ -674,18 +929,7 @@ impl DagSpec {
             mut tasks,
         } = self;
 
-        if name.trim().is_empty() {
-            return Err(DagError::EmptyName);
-        }
-        if tasks.is_empty() {
-            return Err(DagError::NoTasks);
-        }
-        if tasks.len() > MAX_TASKS {
-            return Err(DagError::TooManyTasks {
-                count: tasks.len(),
-                max: MAX_TASKS,
-            });
-        }
+        check_header(&name, description.as_deref(), tasks.len())?;
         // Checked once here rather than per task, so that a bad default is
         // reported against `defaults` and not against whichever task used it.
         check_limits(
@@ -694,6 +938,11 @@ impl DagSpec {
             defaults.retries,
             defaults.memory,
         )?;
+        if let Some(stdin) = &defaults.stdin {
+            check_text(None, "stdin", stdin.len())?;
+        }
+        check_env(None, &defaults.env)?;
+        let mut size = name.len() + description.as_ref().map_or(0, String::len);
 
         // All ids first: dependency and reference checks below need the
         // complete id table. The ids are moved out of the tasks so that the
@@ -736,6 +985,18 @@ impl DagSpec {
                 });
             }
             check_limits(Some(id), task.timeout.as_ref(), task.retries, task.memory)?;
+            if task.inputs.len() > MAX_INPUTS {
+                return Err(DagError::TooLarge {
+                    what: format!("task {:?}: inputs", clip(id)),
+                    size: task.inputs.len(),
+                    max: MAX_INPUTS,
+                    unit: "entries",
+                });
+            }
+            if let Some(stdin) = &task.stdin {
+                check_text(Some(id), "stdin", stdin.len())?;
+            }
+            check_env(Some(id), &task.env)?;
 
             let mut deps = Vec::with_capacity(task.depends_on.len());
             for dep in &task.depends_on {
@@ -765,10 +1026,13 @@ impl DagSpec {
                 inputs.push(parse_input(id, k, text, &index, is_dep)?);
             }
 
+            check_text(Some(id), "inputs", literal_bytes(&inputs))?;
+
             let timeout = task.timeout.as_ref().or(defaults.timeout.as_ref());
             let mut env = defaults.env.clone();
             env.extend(task.env);
-            valid.push(ValidTask {
+            check_merged_env(Some(id), &env)?;
+            let task = ValidTask {
                 id: String::new(), // moved back in below
                 module,
                 inputs,
@@ -781,7 +1045,17 @@ impl DagSpec {
                 timeout_ms: timeout.map_or(DEFAULT_TIMEOUT_MS, Timeout::as_millis),
                 retries: task.retries.or(defaults.retries).unwrap_or(DEFAULT_RETRIES),
                 memory_mb: task.memory.or(defaults.memory),
-            });
+            };
+            // Checked as the tasks are built, so that `defaults` copied into 200,000
+            // tasks is refused after the first few megabytes, not after building all.
+            size = size.saturating_add(task_size(&task, id.len()));
+            if size > MAX_DAG_BYTES {
+                return Err(DagError::DagTooLarge {
+                    size,
+                    max: MAX_DAG_BYTES,
+                });
+            }
+            valid.push(task);
         }
 
         for (task, id) in valid.iter_mut().zip(ids) {
@@ -801,6 +1075,145 @@ impl DagSpec {
 /// Callers only pass indices below [`MAX_TASKS`] (checked first), which fit.
 fn to_u32(i: usize) -> u32 {
     u32::try_from(i).unwrap_or(u32::MAX)
+}
+
+/// The DAG-level fields: a name, a description and the task count within their limits.
+fn check_header(name: &str, description: Option<&str>, tasks: usize) -> Result<(), DagError> {
+    if name.trim().is_empty() {
+        return Err(DagError::EmptyName);
+    }
+    if name.chars().any(char::is_control) {
+        return Err(DagError::NameHasControl {
+            name: name.to_owned(),
+        });
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err(DagError::TooLarge {
+            what: "the DAG's name".into(),
+            size: name.len(),
+            max: MAX_NAME_BYTES,
+            unit: "bytes",
+        });
+    }
+    if let Some(d) = description {
+        if d.len() > MAX_DESCRIPTION_BYTES {
+            return Err(DagError::TooLarge {
+                what: "the DAG's description".into(),
+                size: d.len(),
+                max: MAX_DESCRIPTION_BYTES,
+                unit: "bytes",
+            });
+        }
+    }
+    if tasks == 0 {
+        return Err(DagError::NoTasks);
+    }
+    if tasks > MAX_TASKS {
+        return Err(DagError::TooManyTasks {
+            count: tasks,
+            max: MAX_TASKS,
+        });
+    }
+    Ok(())
+}
+
+/// `field` of `task` (`None`: of `defaults`) is `len` bytes of text.
+fn check_text(task: Option<&str>, field: &str, len: usize) -> Result<(), DagError> {
+    if len > MAX_TASK_TEXT_BYTES {
+        return Err(DagError::TooLarge {
+            what: format!("{}: {field}", subject(task)),
+            size: len,
+            max: MAX_TASK_TEXT_BYTES,
+            unit: "bytes",
+        });
+    }
+    Ok(())
+}
+
+/// Names and values of one `env` as written: a name is what `environ` can carry (not
+/// empty, no `=`, no NUL), a value has no NUL.
+fn check_env(task: Option<&str>, env: &BTreeMap<String, String>) -> Result<(), DagError> {
+    for (key, value) in env {
+        let reason = if key.is_empty() {
+            Some("is empty")
+        } else if key.len() > MAX_ENV_KEY_BYTES {
+            Some("is too long (at most 4096 bytes)")
+        } else if key.contains('=') {
+            Some("contains \"=\", which separates a name from its value")
+        } else if key.contains('\0') {
+            Some("contains a NUL character")
+        } else if value.contains('\0') {
+            Some("has a value with a NUL character")
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            return Err(DagError::InvalidEnv {
+                at: subject(task),
+                key: key.clone(),
+                reason,
+            });
+        }
+    }
+    check_merged_env(task, env)
+}
+
+/// The environment a task runs with: at most [`MAX_ENV`] entries and
+/// [`MAX_TASK_TEXT_BYTES`] of text.
+fn check_merged_env(task: Option<&str>, env: &BTreeMap<String, String>) -> Result<(), DagError> {
+    if env.len() > MAX_ENV {
+        return Err(DagError::TooLarge {
+            what: format!("{}: env", subject(task)),
+            size: env.len(),
+            max: MAX_ENV,
+            unit: "entries",
+        });
+    }
+    check_text(task, "env", env_bytes(env))
+}
+
+fn env_bytes(env: &BTreeMap<String, String>) -> usize {
+    env.iter()
+        .fold(0usize, |n, (k, v)| n.saturating_add(k.len() + v.len() + 2))
+}
+
+/// Bytes of the inputs' own text (literals and template text, not the outputs they name).
+fn literal_bytes(inputs: &[Input]) -> usize {
+    inputs.iter().fold(0usize, |n, input| {
+        n.saturating_add(match input {
+            Input::Literal(s) => s.len(),
+            Input::Output(_) => 0,
+            Input::Template(parts) => parts
+                .iter()
+                .map(|p| match p {
+                    Part::Text(t) => t.len(),
+                    Part::Output(_) => 0,
+                })
+                .sum(),
+        })
+    })
+}
+
+/// What one task adds to [`ValidDag::size_bytes`]; `id_len` is passed separately because
+/// `validate` moves the ids back in only at the end.
+fn task_size(task: &ValidTask, id_len: usize) -> usize {
+    let refs: usize = task
+        .inputs
+        .iter()
+        .map(|input| match input {
+            Input::Literal(_) => 1,
+            Input::Output(_) => 5,
+            Input::Template(parts) => parts.len() * 5,
+        })
+        .sum();
+    TASK_OVERHEAD_BYTES
+        .saturating_add(id_len)
+        .saturating_add(task.module.len())
+        .saturating_add(literal_bytes(&task.inputs))
+        .saturating_add(refs)
+        .saturating_add(task.deps.len().saturating_mul(5))
+        .saturating_add(task.stdin.len())
+        .saturating_add(env_bytes(&task.env))
 }
 
 fn check_id(index: usize, id: &str) -> Result<(), DagError> {
@@ -842,7 +1255,9 @@ fn check_id(index: usize, id: &str) -> Result<(), DagError> {
 /// Modules are looked up by plain file name in the node's module store; a
 /// path could escape that directory.
 fn module_problem(module: &str) -> Option<&'static str> {
-    if module.contains('/') || module.contains('\\') || module == ".." || module == "." {
+    if module.len() > MAX_MODULE_NAME_BYTES {
+        Some("is longer than 255 bytes; modules are plain file names such as \"extract.wasm\"")
+    } else if module.contains('/') || module.contains('\\') || module == ".." || module == "." {
         Some("is a path; modules are plain file names such as \"extract.wasm\"")
     } else if module.chars().any(char::is_control) {
         Some("contains a control character; modules are plain file names such as \"extract.wasm\"")
@@ -1087,17 +1502,59 @@ fn bounded_levenshtein(
 // ValidDag
 // ---------------------------------------------------------------------------
 
+/// A task's inputs would resolve to more text than a task may receive.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the inputs of task {:?} resolve to {size} bytes with the outputs they name substituted; \
+     at most {max} bytes (8 MiB) can be passed to a task",
+    clip(task)
+)]
+pub struct InputsTooLarge {
+    pub task: String,
+    pub size: usize,
+    pub max: usize,
+}
+
 impl ValidDag {
     /// Resolves task `task`'s inputs to argv strings given upstream outputs.
     ///
     /// `output(i)` returns the output of task `i`; for a verified DAG it is
     /// only called for `i` in `tasks[task].deps`. Returns an empty vector if
     /// `task` is out of range.
-    pub fn resolve_inputs<'a>(&self, task: usize, output: impl Fn(u32) -> &'a str) -> Vec<String> {
+    ///
+    /// The size is worked out first and the strings are built only if it is
+    /// at most [`MAX_TASK_TEXT_BYTES`]: `"${a}${a}…"` two hundred times over a
+    /// 1 MiB output would otherwise build 200 MiB per attempt. Over the limit,
+    /// the error names the task and the size, and nothing was allocated.
+    pub fn resolve_inputs<'a>(
+        &self,
+        task: usize,
+        output: impl Fn(u32) -> &'a str,
+    ) -> Result<Vec<String>, InputsTooLarge> {
         let Some(t) = self.tasks.get(task) else {
-            return Vec::new();
+            return Ok(Vec::new());
         };
-        t.inputs
+        let mut size = 0usize;
+        for input in &t.inputs {
+            size = size.saturating_add(match input {
+                Input::Literal(s) => s.len(),
+                Input::Output(i) => output(*i).len(),
+                Input::Template(parts) => parts.iter().fold(0usize, |n, part| {
+                    n.saturating_add(match part {
+                        Part::Text(text) => text.len(),
+                        Part::Output(i) => output(*i).len(),
+                    })
+                }),
+            });
+        }
+        if size > MAX_TASK_TEXT_BYTES {
+            return Err(InputsTooLarge {
+                task: t.id.clone(),
+                size,
+                max: MAX_TASK_TEXT_BYTES,
+            });
+        }
+        Ok(t.inputs
             .iter()
             .map(|input| match input {
                 Input::Literal(s) => s.clone(),
@@ -1113,7 +1570,7 @@ impl ValidDag {
                     s
                 }
             })
-            .collect()
+            .collect())
     }
 
     /// Task `task`'s inputs as they were written in the file: `id` for a whole output,
@@ -1229,23 +1686,17 @@ impl ValidDag {
         names.into_iter().map(str::to_owned).collect()
     }
 
-    /// Re-checks every invariant that [`DagSpec::validate`] establishes.
-    /// Use it on a `ValidDag` that did not come from `validate` (e.g. one
-    /// deserialized from a peer) before trusting indices in it.
+    /// Re-checks every invariant that [`DagSpec::validate`] establishes, and that code
+    /// holding a `ValidDag` relies on: a name; 1 to [`MAX_TASKS`] tasks with unique,
+    /// well-formed ids; plain module file names; timeouts, retries and memory in range;
+    /// every size within its limit; `deps` in range, without the task itself and without
+    /// repeats; every output an input names listed in `deps`; no cycle. Deserializing a
+    /// `ValidDag` runs it, so a value from a peer or from disk is always checked.
+    ///
+    /// O(n log n) in the size of the DAG, like `validate`.
     pub fn verify(&self) -> Result<(), DagError> {
         let n = self.tasks.len();
-        if self.name.trim().is_empty() {
-            return Err(DagError::EmptyName);
-        }
-        if n == 0 {
-            return Err(DagError::NoTasks);
-        }
-        if n > MAX_TASKS {
-            return Err(DagError::TooManyTasks {
-                count: n,
-                max: MAX_TASKS,
-            });
-        }
+        check_header(&self.name, self.description.as_deref(), n)?;
         let mut seen: HashMap<&str, usize> = HashMap::with_capacity(n);
         for (i, task) in self.tasks.iter().enumerate() {
             check_id(i, &task.id)?;
@@ -1259,6 +1710,7 @@ impl ValidDag {
             seen.insert(&task.id, i);
         }
 
+        let mut size = self.name.len() + self.description.as_ref().map_or(0, String::len);
         let mut mark = vec![0u32; n];
         for (i, task) in self.tasks.iter().enumerate() {
             let stamp = to_u32(i) + 1;
@@ -1285,6 +1737,17 @@ impl ValidDag {
             if let Some(m) = task.memory_mb {
                 check_memory(at, m)?;
             }
+            if task.inputs.len() > MAX_INPUTS {
+                return Err(DagError::TooLarge {
+                    what: format!("task {:?}: inputs", clip(&task.id)),
+                    size: task.inputs.len(),
+                    max: MAX_INPUTS,
+                    unit: "entries",
+                });
+            }
+            check_text(at, "inputs", literal_bytes(&task.inputs))?;
+            check_text(at, "stdin", task.stdin.len())?;
+            check_env(at, &task.env)?;
 
             let bad_index = |field: String, index: u32| DagError::BadIndex {
                 task: task.id.clone(),
@@ -1299,6 +1762,12 @@ impl ValidDag {
                 if d as usize == i {
                     return Err(DagError::SelfDependency {
                         task: task.id.clone(),
+                    });
+                }
+                if *slot == stamp {
+                    return Err(DagError::DuplicateDependency {
+                        task: task.id.clone(),
+                        index: d,
                     });
                 }
                 *slot = stamp;
@@ -1322,7 +1791,11 @@ impl ValidDag {
                             return Err(DagError::UnknownReference {
                                 task: task.id.clone(),
                                 input: k,
-                                name: self.tasks[j as usize].id.clone(),
+                                name: self
+                                    .tasks
+                                    .get(j as usize)
+                                    .map(|t| t.id.clone())
+                                    .unwrap_or_default(),
                                 is_task: true,
                             })
                         }
@@ -1330,8 +1803,24 @@ impl ValidDag {
                     }
                 }
             }
+            size = size.saturating_add(task_size(task, task.id.len()));
+            if size > MAX_DAG_BYTES {
+                return Err(DagError::DagTooLarge {
+                    size,
+                    max: MAX_DAG_BYTES,
+                });
+            }
         }
         self.check_acyclic()
+    }
+
+    /// The DAG's size as [`MAX_DAG_BYTES`] counts it: its text (name, description, ids,
+    /// module names, input text, stdin, env) plus a small overhead per task and reference.
+    pub fn size_bytes(&self) -> usize {
+        self.tasks.iter().fold(
+            self.name.len() + self.description.as_ref().map_or(0, String::len),
+            |n, t| n.saturating_add(task_size(t, t.id.len())),
+        )
     }
 
     /// Errors with the first cycle (by file order) if the graph has one.
@@ -1835,13 +2324,16 @@ tasks:
         let outputs = ["hello", "hello world 1", "hello world 2", ""];
         assert_eq!(
             dag.resolve_inputs(3, |i| outputs[i as usize]),
-            vec!["hello world 1", "hello world 2"]
+            Ok(vec![
+                "hello world 1".to_string(),
+                "hello world 2".to_string()
+            ])
         );
         assert_eq!(
             dag.resolve_inputs(1, |i| outputs[i as usize]),
-            vec!["hello", "1"]
+            Ok(vec!["hello".to_string(), "1".to_string()])
         );
-        assert!(dag.resolve_inputs(99, |i| outputs[i as usize]).is_empty());
+        assert_eq!(dag.resolve_inputs(99, |i| outputs[i as usize]), Ok(vec![]));
     }
 
     #[test]
@@ -2012,7 +2504,7 @@ tasks:
             _ => "unexpected",
         };
         assert_eq!(
-            dag.resolve_inputs(3, out),
+            dag.resolve_inputs(3, out).expect("small inputs"),
             vec![
                 "EX",
                 "prefix-EX-suffix",
@@ -2024,8 +2516,11 @@ tasks:
                 "EX",
             ]
         );
-        assert_eq!(dag.resolve_inputs(0, out), vec!["data.txt"]);
-        assert!(dag.resolve_inputs(1, out).is_empty());
+        assert_eq!(
+            dag.resolve_inputs(0, out).expect("small inputs"),
+            vec!["data.txt"]
+        );
+        assert_eq!(dag.resolve_inputs(1, out), Ok(vec![]));
     }
 
     #[test]
@@ -2039,6 +2534,153 @@ tasks:
         let json = serde_json::to_string(&dag).expect("json encode");
         let back: ValidDag = serde_json::from_str(&json).expect("json decode");
         assert_eq!(back, dag);
+    }
+
+    /// A `ValidDag` cannot be decoded without passing `verify`: every tampering that
+    /// `verify` catches is refused by the decoder itself (CBOR, as on the wire and on disk,
+    /// and JSON), with the reason.
+    #[test]
+    fn decoding_a_tampered_dag_fails_with_the_reason() {
+        let good = ok(HELLO_FANOUT);
+        let mut tampered: Vec<(&str, ValidDag)> = Vec::new();
+        let mut bad = good.clone();
+        bad.tasks[3].deps.push(40);
+        tampered.push(("task index 40", bad));
+        let mut bad = good.clone();
+        bad.tasks[3].inputs.push(Input::Output(7));
+        tampered.push(("task index 7", bad));
+        let mut bad = good.clone();
+        bad.tasks[3]
+            .inputs
+            .push(Input::Template(vec![Part::Output(u32::MAX)]));
+        tampered.push(("task index 4294967295", bad));
+        let mut bad = good.clone();
+        bad.tasks[0].deps.push(3);
+        tampered.push(("cycle", bad));
+        let mut bad = good.clone();
+        bad.tasks[1].id = "init".into();
+        tampered.push(("duplicate id", bad));
+        let mut bad = good.clone();
+        bad.tasks[3].deps.push(1);
+        tampered.push(("twice", bad));
+        let mut bad = good.clone();
+        bad.tasks.clear();
+        tampered.push(("no tasks", bad));
+        let mut bad = good.clone();
+        bad.tasks[2].env.insert("A=B".into(), "x".into());
+        tampered.push(("separates a name", bad));
+        let mut bad = good.clone();
+        bad.tasks[2].stdin = "x".repeat(MAX_TASK_TEXT_BYTES + 1);
+        tampered.push(("stdin is", bad));
+        let mut bad = good.clone();
+        bad.tasks[2].memory_mb = Some(1 << 40);
+        tampered.push(("memory", bad));
+        let mut bad = good;
+        bad.tasks[2].module = "../x.wasm".into();
+        tampered.push(("is a path", bad));
+        for (why, dag) in tampered {
+            let bytes = serde_cbor::to_vec(&dag).expect("cbor encode");
+            let err = serde_cbor::from_slice::<ValidDag>(&bytes).expect_err(why);
+            assert!(err.to_string().contains(why), "{why}: {err}");
+            let json = serde_json::to_string(&dag).expect("json encode");
+            let err = serde_json::from_str::<ValidDag>(&json).expect_err(why);
+            assert!(err.to_string().contains(why), "{why}: {err}");
+        }
+    }
+
+    #[test]
+    fn sizes_are_capped_with_the_field_named() {
+        let big = "x".repeat(MAX_TASK_TEXT_BYTES + 1);
+        let e = err(&one_task(&format!("    stdin: {big}\n")));
+        assert!(
+            e.to_string().contains("task \"a\": stdin is 8388609 bytes"),
+            "{e}"
+        );
+        let e = err(&one_task(&format!("    inputs: [{big}]\n")));
+        assert!(e.to_string().contains("task \"a\": inputs is"), "{e}");
+        let e = err(&one_task(&format!("    env: {{K: {big}}}\n")));
+        assert!(e.to_string().contains("task \"a\": env is"), "{e}");
+        let e = err(&one_task("    env: {\"A=B\": x}\n"));
+        assert!(e.to_string().contains("env \"A=B\" contains \"=\""), "{e}");
+        let e = err(&format!(
+            "name: x\ndefaults:\n  stdin: {big}\ntasks: [{{id: a, module: m.wasm}}]\n"
+        ));
+        assert!(e.to_string().contains("defaults: stdin is"), "{e}");
+        let e = err(&format!(
+            "name: {}\ntasks: [{{id: a, module: m.wasm}}]\n",
+            "n".repeat(2000)
+        ));
+        assert!(
+            e.to_string().contains("the DAG's name is 2000 bytes"),
+            "{e}"
+        );
+        let e = err("name: \"evil\\n2099 ERROR forged\"\ntasks: [{id: a, module: m.wasm}]\n");
+        assert!(e.to_string().contains("control character"), "{e}");
+        let e = err(&one_task("").replace("a.wasm", &format!("{}.wasm", "m".repeat(300))));
+        assert!(e.to_string().contains("longer than 255 bytes"), "{e}");
+
+        // `defaults` are copied into every task: 1 MiB of defaults in 40 tasks is 40 MiB.
+        let mut yaml = format!(
+            "name: x\ndefaults:\n  stdin: {}\ntasks:\n",
+            "s".repeat(1 << 20)
+        );
+        for i in 0..40 {
+            yaml.push_str(&format!("  - {{id: t{i}, module: m.wasm}}\n"));
+        }
+        let e = err(&yaml);
+        assert!(matches!(e, DagError::DagTooLarge { .. }), "{e}");
+        assert!(e.to_string().contains("own copy of `defaults`"), "{e}");
+    }
+
+    /// One list used through an alias by many tasks is refused while deserializing, once
+    /// the copies pass twice the file's size, naming the line; the same file written out
+    /// in full (no aliases) is accepted.
+    #[test]
+    fn alias_expansion_is_bounded() {
+        let list: Vec<String> = (0..2000).map(|i| format!("s{i}")).collect();
+        let mut yaml = format!(
+            "name: x\ntasks:\n  - id: t0\n    module: m.wasm\n    inputs: &l [{}]\n",
+            list.join(", ")
+        );
+        for i in 1..900 {
+            yaml.push_str(&format!("  - {{id: t{i}, module: m.wasm, inputs: *l}}\n"));
+        }
+        let e = err(&yaml);
+        assert!(matches!(e, DagError::Yaml { line: Some(_), .. }), "{e:?}");
+        assert!(e.to_string().contains("expands to far more text"), "{e}");
+        assert!(e.to_string().contains("tasks["), "names the task: {e}");
+
+        let few = yaml.lines().take(10).collect::<Vec<_>>().join("\n");
+        assert_eq!(ok(&few).tasks.len(), 6, "a few aliases are fine");
+        // The budget is per call: it does not leak into the next parse on this thread.
+        assert_eq!(ok(HELLO_FANOUT).tasks.len(), 4);
+    }
+
+    #[test]
+    fn resolved_inputs_are_sized_before_they_are_built() {
+        let mut template = String::new();
+        for _ in 0..200 {
+            template.push_str("${a}");
+        }
+        let dag = ok(&format!(
+            "name: x\ntasks:\n  - {{id: a, module: m.wasm}}\n  - {{id: b, module: m.wasm, depends_on: [a], inputs: [\"{template}\"]}}\n"
+        ));
+        let mib = "o".repeat(1 << 20);
+        let err = dag.resolve_inputs(1, |_| &mib).expect_err("200 MiB");
+        assert_eq!(err.size, 200 << 20);
+        assert_eq!(err.task, "b");
+        assert!(
+            err.to_string()
+                .contains("task \"b\" resolve to 209715200 bytes"),
+            "{err}"
+        );
+        // Exactly one 8 MiB output (the largest a task can produce) still fits.
+        let dag = ok("name: x\ntasks:\n  - {id: a, module: m.wasm}\n  - {id: b, module: m.wasm, depends_on: [a], inputs: [a]}\n");
+        let max = "o".repeat(MAX_TASK_TEXT_BYTES);
+        assert_eq!(
+            dag.resolve_inputs(1, |_| &max).map(|v| v[0].len()),
+            Ok(MAX_TASK_TEXT_BYTES)
+        );
     }
 
     #[test]

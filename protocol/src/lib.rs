@@ -12,15 +12,18 @@
 //! - [`ids`]: identifiers that cross process boundaries (`DagId`, `NodeId`, `ModuleHash`).
 //! - [`mesh`]: what nodes say to each other (gossip, requests, responses), typed.
 //! - [`wire`]: the versioned, size-limited envelope of every mesh message.
+//! - [`yaml_guard`]: the linear pre-scan that bounds what the YAML parser may be asked to do.
 
 pub mod api;
 pub mod dag;
 pub mod ids;
 pub mod mesh;
 pub mod wire;
+pub mod yaml_guard;
 
 pub use dag::{
-    parse_dag, DagError, DagSpec, Input, Part, Subject, TaskDefaults, TaskSpec, Timeout,
-    TimeoutParseError, ValidDag, ValidTask, DEFAULT_RETRIES, DEFAULT_TIMEOUT_MS, MAX_ID_LEN,
-    MAX_MEMORY_MB, MAX_RETRIES, MAX_TASKS, MAX_TIMEOUT_MS,
+    parse_dag, DagError, DagSpec, Input, InputsTooLarge, Part, Subject, TaskDefaults, TaskSpec,
+    Timeout, TimeoutParseError, ValidDag, ValidTask, DEFAULT_RETRIES, DEFAULT_TIMEOUT_MS,
+    MAX_DAG_BYTES, MAX_ID_LEN, MAX_INPUTS, MAX_MEMORY_MB, MAX_RETRIES, MAX_TASKS,
+    MAX_TASK_TEXT_BYTES, MAX_TIMEOUT_MS,
 };

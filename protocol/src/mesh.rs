@@ -217,11 +217,60 @@ pub struct JobResult {
 // ---- replicated state --------------------------------------------------------------------
 
 /// The validated DAG and the modules it runs, fixed at submit time.
+///
+/// Decodes only when it is whole: the DAG verifies (`ValidDag` decodes through `verify`),
+/// every module a task names has a hash (each a SHA-256, `ModuleHash`), and there are no
+/// more entries than tasks.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(try_from = "UncheckedSpec")]
 pub struct Spec {
     pub dag: ValidDag,
     /// Module file name -> SHA-256 of its bytes.
     pub modules: BTreeMap<String, ModuleHash>,
+}
+
+#[derive(Deserialize)]
+struct UncheckedSpec {
+    dag: ValidDag,
+    modules: BTreeMap<String, ModuleHash>,
+}
+
+impl TryFrom<UncheckedSpec> for Spec {
+    type Error = String;
+
+    fn try_from(raw: UncheckedSpec) -> Result<Spec, String> {
+        let spec = Spec {
+            dag: raw.dag,
+            modules: raw.modules,
+        };
+        spec.check()?;
+        Ok(spec)
+    }
+}
+
+impl Spec {
+    /// Whether the module table fits the DAG (see the type's docs).
+    pub fn check(&self) -> Result<(), String> {
+        if self.modules.len() > self.dag.tasks.len() {
+            return Err(format!(
+                "the spec lists {} modules for {} tasks",
+                self.modules.len(),
+                self.dag.tasks.len()
+            ));
+        }
+        if let Some(task) = self
+            .dag
+            .tasks
+            .iter()
+            .find(|t| !self.modules.contains_key(&t.module))
+        {
+            return Err(format!(
+                "task {:?} runs module {:?}, which the spec has no hash for",
+                task.id, task.module
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// What a node knows about a DAG besides its spec and tasks.

@@ -14,10 +14,15 @@
 //! GET  /metrics                -> OpenMetrics text (Prometheus)
 //! GET  /  and  /ui/{file}      -> the dashboard (static files built into the binary)
 //! ```
+//!
+//! Every route sits behind [`security::check`]: `Host` must name this API, no foreign
+//! `Origin`, a JSON (or wasm) content type for anything that changes state, and the bearer
+//! token when one is configured. See that module for why.
+
+pub mod security;
 
 mod ui;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +30,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, StatusCode};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -34,9 +40,8 @@ use bx3_protocol::api::{
 use bx3_protocol::dag::parse_dag;
 use bx3_protocol::ids::{DagId, DagIdPrefix, ModuleHash};
 use serde::Deserialize;
-use tokio::sync::Semaphore;
 
-use crate::executor::runtime::Runtime;
+use crate::executor::compile::{CompileError, Compiler};
 use crate::metrics::Metrics;
 use crate::runtime::{CallError, Handle};
 use crate::store::modules::{is_hash, sha256_hex};
@@ -47,6 +52,8 @@ use bx3_protocol::mesh::Refusal;
 pub const MAX_MODULE_BYTES: usize = 64 * 1024 * 1024;
 /// Largest DAG submission (the YAML plus the module table).
 pub const MAX_SUBMIT_BYTES: usize = 32 * 1024 * 1024;
+/// Longest accepted `source` of a submission (a file path), bytes.
+pub const MAX_SOURCE_BYTES: usize = 4096;
 /// Longest a long poll waits before answering with the unchanged DAG.
 const MAX_WAIT: Duration = Duration::from_secs(60);
 
@@ -54,10 +61,11 @@ const MAX_WAIT: Duration = Duration::from_secs(60);
 pub struct ApiState {
     pub controller: Handle,
     pub modules: ModuleStore,
-    /// Where compiled modules are cached (shared with the executor processes).
-    pub compiled_dir: PathBuf,
-    /// Bounds concurrent module compilations (each takes a CPU for a while).
-    pub compile_slots: Arc<Semaphore>,
+    /// The node's compile service: uploads are checked and compiled there (bounded, in a
+    /// limited child process) before they are stored.
+    pub compiler: Compiler,
+    /// Host, Origin, content-type and token checks, applied to every route.
+    pub security: security::Policy,
     /// The node's metrics, served at `/metrics` (module compile times are recorded here).
     pub metrics: Metrics,
     /// This node's replica, read-only: resolves DAG id prefixes (`dag 01a231d7`) on any node.
@@ -74,6 +82,7 @@ pub struct Debug {
 }
 
 pub fn router(state: ApiState) -> Router {
+    let security = state.security.clone();
     let debug = state.debug.is_some();
     let router = Router::new();
     // Testing only, and absent (404) unless the node runs with --debug-api.
@@ -107,6 +116,8 @@ pub fn router(state: ApiState) -> Router {
             )
         })
         .with_state(state)
+        // Outermost, so it wraps every route above (and any added later) and the fallback.
+        .layer(middleware::from_fn_with_state(security, security::check))
 }
 
 #[derive(Debug)]
@@ -266,48 +277,40 @@ async fn put_module(
     Query(q): Query<ModuleQuery>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<ModuleUploaded>, ApiError> {
-    let bytes = body?;
+    let bytes = Arc::new(body?.to_vec());
     let name = q.name.unwrap_or_else(|| "module".into());
-    let hash = sha256_hex(&bytes);
     let size = bytes.len() as u64;
-    if !st.modules.contains(&hash) {
-        let _slot = st.compile_slots.acquire().await.map_err(|_| {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the node is shutting down")
-        })?;
-        let dir = st.compiled_dir.clone();
-        let (h, b) = (hash.clone(), bytes.clone());
-        let metrics = st.metrics.clone();
-        // Compiling is CPU work: off the async threads. It also proves the module is one we
-        // can run, so a bad module is refused now, naming the file, not at its first task.
-        let checked = tokio::task::spawn_blocking(move || {
-            let began = Instant::now();
-            let r = Runtime::new(dir).and_then(|mut rt| rt.prepare(&h, &b));
-            metrics.module_compiled(began.elapsed());
-            r
-        })
+    let b = Arc::clone(&bytes);
+    let hash = tokio::task::spawn_blocking(move || sha256_hex(&b))
         .await
-        .map_err(|e| {
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    if !st.modules.contains(&hash) {
+        // Checked and compiled first, by the compile service (a limited child process),
+        // which proves the module is one we can run: a bad module is refused now, naming
+        // the file, not at its first task, and is never stored.
+        let began = Instant::now();
+        let compiled = st.compiler.compile(&hash, Arc::clone(&bytes)).await;
+        st.metrics.module_compiled(began.elapsed());
+        compiled.map_err(|e| {
+            let status = match e {
+                CompileError::Host(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                _ => StatusCode::UNPROCESSABLE_ENTITY,
+            };
             ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("compiler crashed: {e}"),
-            )
-        })?;
-        if let Err(e) = checked {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
+                status,
                 format!(
-                    "{name} is not a usable WASI module: {}",
+                    "{name:?} is not a usable WASI module: {}",
                     crate::executor::local::one_line(&e)
                 ),
-            ));
-        }
-        st.modules.put(&bytes).map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("could not store {name}: {e}"),
             )
         })?;
-        tracing::info!(%name, %hash, size, "module stored");
+        st.modules.put_async(bytes).await.map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("could not store {name:?}: {e}"),
+            )
+        })?;
+        tracing::info!(name = ?name, %hash, size, "module stored");
     }
     Ok(Json(ModuleUploaded { hash, size }))
 }
@@ -322,7 +325,7 @@ async fn get_module(
             format!("{hash:?} is not a module hash (64 hex digits)"),
         ));
     }
-    match st.modules.get(&hash) {
+    match st.modules.get_async(&hash).await {
         Ok(Some(bytes)) => {
             Ok(([(header::CONTENT_TYPE, "application/wasm")], bytes).into_response())
         }
@@ -346,6 +349,14 @@ async fn submit(
     let (req, origin, dag) = tokio::task::spawn_blocking(move || {
         let req: SubmitRequest = serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad_request(format!("bad submit request: {e}")))?;
+        // `source` is kept with the DAG's state, rewritten and replicated on every change.
+        if let Some(source) = &req.source {
+            if source.len() > MAX_SOURCE_BYTES || source.chars().any(char::is_control) {
+                return Err(ApiError::bad_request(format!(
+                    "bad submit request: `source` must be one line of at most {MAX_SOURCE_BYTES} bytes"
+                )));
+            }
+        }
         let origin = req.source.clone().unwrap_or_else(|| "DAG".into());
         let dag =
             parse_dag(&req.yaml).map_err(|e| ApiError::bad_request(format!("{origin}: {e}")))?;
@@ -358,6 +369,7 @@ async fn submit(
             format!("DAG parser stopped: {e}"),
         )
     })??;
+    check_memory_asks(&st, &origin, &dag).await?;
     let mut modules = std::collections::BTreeMap::new();
     for name in dag.module_names() {
         let Some(hash) = req.modules.get(&name) else {
@@ -391,6 +403,46 @@ async fn submit(
         StatusCode::CREATED,
         Json(SubmitResponse { id: id.to_string() }),
     ))
+}
+
+/// Refuses a DAG with a task that asks more `memory` than any node's executors have: it
+/// could never run anywhere. "Any node" is this node and the peers in its status (each
+/// announces its `--ram-per-executor`).
+async fn check_memory_asks(
+    st: &ApiState,
+    origin: &str,
+    dag: &bx3_protocol::dag::ValidDag,
+) -> Result<(), ApiError> {
+    let Some(task) = dag
+        .tasks
+        .iter()
+        .filter(|t| t.memory_mb.is_some())
+        .max_by_key(|t| t.memory_mb)
+    else {
+        return Ok(());
+    };
+    let asked = task.memory_mb.unwrap_or(0);
+    let status = st.controller.status().await?;
+    let here = status.executors.ram_per_executor_mb;
+    let peer_max = status
+        .peers
+        .iter()
+        .map(|p| p.executors.ram_per_executor_mb)
+        .max();
+    let largest = peer_max.map_or(here, |p| p.max(here));
+    if asked > largest {
+        let peers = match peer_max {
+            None => String::from("no peers"),
+            Some(p) => format!("{} peers, the largest {p} MB", status.peers.len()),
+        };
+        return Err(ApiError::bad_request(format!(
+            "{origin}: task {:?} asks for memory: {asked} MB, but the largest executor in the \
+             mesh has {largest} MB (this node: {here} MB; {peers}); lower `memory` or start \
+             nodes with a larger --ram-per-executor",
+            task.id
+        )));
+    }
+    Ok(())
 }
 
 #[derive(Deserialize)]

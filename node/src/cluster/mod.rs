@@ -1006,7 +1006,7 @@ impl Core {
                         Ok(other) => format!("{other:?}"),
                         Err(e) => e.clone(),
                     };
-                    tracing::info!(peer = %node, jobs = jobs.len(), "assignment failed ({reason}); re-queueing");
+                    tracing::info!(peer = %node, jobs = jobs.len(), reason = ?reason.to_string(), "assignment failed; re-queueing");
                     if let Some(lead) = &mut self.lead {
                         lead.placements
                             .refused(&mut lead.planner, &node, &jobs, self.now.wall_ms);
@@ -1046,7 +1046,9 @@ impl Core {
             Pending::Push { held } => match answer {
                 Ok(Response::Ok) => self.synced(held),
                 Ok(other) => tracing::warn!("the controller refused our DAGs: {other:?}"),
-                Err(e) => tracing::warn!("could not give the controller our DAGs: {e}"),
+                Err(e) => {
+                    tracing::warn!(error = ?e.to_string(), "could not give the controller our DAGs")
+                }
             },
         }
         Ok(())
@@ -1087,7 +1089,7 @@ impl Core {
                 Err(e) => {
                     // Not confirmed: a copy this node could not run is no copy. The
                     // controller sends the range (or a snapshot) again, and we fetch again.
-                    tracing::warn!("replicated DAG's modules could not all be fetched: {e}");
+                    tracing::warn!(error = ?e.to_string(), "replicated DAG's modules could not all be fetched");
                     self.out.respond(
                         rid,
                         Response::Refused(Refusal::Unavailable(format!(
@@ -1099,7 +1101,7 @@ impl Core {
             Fetching::Jobs { hash } => match result {
                 Ok(()) => self.worker.module_ready(&hash),
                 Err(e) => {
-                    tracing::warn!(%hash, "module could not be fetched: {e}");
+                    tracing::warn!(%hash, error = ?e.to_string(), "module could not be fetched");
                     for r in self.worker.module_failed(&hash, &e) {
                         self.result(r);
                     }
@@ -1120,7 +1122,7 @@ impl Core {
             Ok(_) => self.stats.jobs_succeeded += 1,
             Err(e) => {
                 self.stats.jobs_failed += 1;
-                tracing::debug!(%dag, task, attempt, "task attempt failed: {e}");
+                tracing::debug!(%dag, task, attempt, error = ?e.to_string(), "task attempt failed");
             }
         }
         self.stats.jobs_run_ms += done.run_ms;

@@ -239,6 +239,8 @@ impl Planner {
         let mut counts = Counts::default();
         for (i, task) in run.spec.dag.tasks.iter().enumerate() {
             counts.add(run.tasks[i].state);
+            // indices from a spec are read with `get` (a verified spec never
+            // has one out of range, but a panic here would be a crash loop on restart).
             run.waiting[i] = task
                 .deps
                 .iter()
@@ -296,7 +298,8 @@ impl Planner {
 
     fn touch(&mut self, id: DagId) {
         if let Some(run) = self.runs.get_mut(&id) {
-            run.meta.version += 1;
+            // saturating (a meta from a peer or disk can say anything).
+            run.meta.version = run.meta.version.saturating_add(1);
             self.dirty_runs.insert(id);
         }
     }
@@ -340,11 +343,37 @@ impl Planner {
                 }
                 self.set_state(id, idx, TaskState::Failed);
                 self.skip_dependents(id, idx);
+                self.enqueue(id);
                 self.check_finished(id, Some(now_ms));
                 continue;
             };
+            // Inputs are sized before they are built: a task whose inputs would be too large
+            // fails alone, at once, without using up attempts (retrying would build the same
+            // inputs); the rest of the DAG runs on.
+            let outputs = &run.tasks;
+            let inputs = match spec.dag.resolve_inputs(idx as usize, |i| {
+                outputs
+                    .get(i as usize)
+                    .and_then(|t| t.output.as_deref())
+                    .unwrap_or("")
+            }) {
+                Ok(inputs) => inputs,
+                Err(e) => {
+                    if let Some(record) = run.tasks.get_mut(idx as usize) {
+                        record.error = Some(e.to_string());
+                        record.node = None;
+                    }
+                    self.set_state(id, idx, TaskState::Failed);
+                    self.skip_dependents(id, idx);
+                    self.enqueue(id);
+                    self.check_finished(id, Some(now_ms));
+                    continue;
+                }
+            };
             let record = run.tasks.get_mut(idx as usize)?;
-            record.attempts += 1;
+            // Saturating: a task record from a peer or disk may carry `attempts: u32::MAX`
+            // (found by fuzzing: overflowed here).
+            record.attempts = record.attempts.saturating_add(1);
             record.node = Some(node.clone());
             let attempt = record.attempts;
             let queued = record.queued_ms;
@@ -360,13 +389,6 @@ impl Planner {
                     ..AttemptRecord::default()
                 },
             );
-            let outputs = &run.tasks;
-            let inputs = spec.dag.resolve_inputs(idx as usize, |i| {
-                outputs
-                    .get(i as usize)
-                    .and_then(|t| t.output.as_deref())
-                    .unwrap_or("")
-            });
             let mut argv = Vec::with_capacity(inputs.len() + 1);
             argv.push(task.module.clone());
             argv.extend(inputs);
@@ -479,7 +501,9 @@ impl Planner {
         }
         if adopted {
             run.ready.retain(|&t| t != idx);
-            let record = &mut run.tasks[idx as usize];
+            let Some(record) = run.tasks.get_mut(idx as usize) else {
+                return false;
+            };
             record.attempts = attempt;
             record.node = Some(report.from.clone());
             let queued = record.queued_ms;
@@ -500,7 +524,9 @@ impl Planner {
             run.meta.counts.add(TaskState::Running);
             record.state = TaskState::Running;
         }
-        let record = &mut run.tasks[idx as usize];
+        let Some(record) = run.tasks.get_mut(idx as usize) else {
+            return false;
+        };
         let ended = if outcome.is_ok() {
             AttemptOutcome::Succeeded
         } else {
@@ -967,6 +993,98 @@ tasks:
             a[0].argv,
             vec!["a.wasm", "A", "B"],
             "outputs from before the crash are used"
+        );
+    }
+
+    /// inputs that would resolve to more than 8 MiB fail their task alone, with
+    /// the task and the size in the error, and build nothing; the rest of the DAG runs on.
+    #[test]
+    fn oversized_inputs_fail_the_task_alone() {
+        let template = "${a}".repeat(200);
+        let yaml = format!(
+            "name: big\ntasks:\n  - {{id: a, module: m.wasm}}\n  - {{id: b, module: m.wasm, depends_on: [a], inputs: [\"{template}\"]}}\n  - {{id: c, module: m.wasm, depends_on: [b]}}\n  - {{id: d, module: m.wasm, depends_on: [a], inputs: [a]}}\n"
+        );
+        let mut p = Planner::new();
+        let id = add(&mut p, &yaml, 11);
+        let a = next(&mut p, "me").expect("a is ready");
+        assert!(done(
+            &mut p,
+            id,
+            a.task,
+            a.attempt,
+            Ok("o".repeat(1 << 20)),
+            5
+        ));
+        let next = drain(&mut p);
+        assert_eq!(
+            next.iter().map(|a| a.task).collect::<Vec<_>>(),
+            vec![3],
+            "only d runs"
+        );
+        assert_eq!(next[0].argv[1].len(), 1 << 20, "one 1 MiB output passes");
+        let run = p.run(&id).expect("run");
+        assert_eq!(run.tasks[1].state, TaskState::Failed);
+        assert_eq!(run.tasks[1].attempts, 0, "nothing ran");
+        let error = run.tasks[1].error.clone().unwrap_or_default();
+        assert!(
+            error.contains("task \"b\"") && error.contains("209715200 bytes"),
+            "{error}"
+        );
+        assert_eq!(run.tasks[2].state, TaskState::Skipped);
+        assert!(done(&mut p, id, 3, 1, Ok("ok".into()), 6));
+        let run = p.run(&id).expect("run");
+        assert_eq!(run.meta.state, DagState::Failed);
+        assert_eq!(run.meta.finished_at_ms, Some(6));
+    }
+
+    /// Found by fuzzing (`fuzz/`, target `planner`): task records and a meta as a peer or a
+    /// damaged disk may hold them, at the top of their ranges, are scheduled without an
+    /// arithmetic overflow.
+    #[test]
+    fn records_at_the_top_of_their_ranges_do_not_overflow() {
+        let dag = parse_dag(FANOUT).expect("valid dag");
+        let modules = dag
+            .module_names()
+            .into_iter()
+            .map(|m| (m, "ab".repeat(32).parse().expect("hash")))
+            .collect();
+        let meta = DagMeta {
+            name: "x".into(),
+            description: None,
+            source: None,
+            state: DagState::Running,
+            created_at_ms: u64::MAX,
+            finished_at_ms: None,
+            version: u64::MAX,
+            counts: Counts {
+                total: u64::MAX,
+                pending: u64::MAX,
+                succeeded: u64::MAX,
+                ..Counts::default()
+            },
+        };
+        let top = TaskRecord {
+            attempts: u32::MAX,
+            ..TaskRecord::default()
+        };
+        let mut p = Planner::new();
+        let id = DagId::new(1, 1);
+        p.add(
+            id,
+            meta,
+            Arc::new(SpecRecord { dag, modules }),
+            vec![top; 4],
+            0,
+        );
+        let a = next(&mut p, "me").expect("init is ready");
+        assert_eq!(a.attempt, u32::MAX);
+        assert!(done(&mut p, id, a.task, a.attempt, Err("boom".into()), 1));
+        let run = p.run(&id).expect("run");
+        assert_eq!(run.meta.counts.total, 4);
+        assert_eq!(
+            run.meta.counts.done(),
+            4,
+            "failed, and its dependents skipped"
         );
     }
 

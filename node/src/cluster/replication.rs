@@ -259,7 +259,7 @@ impl Leader {
                 None
             }
             Err(e) => {
-                tracing::debug!(peer = %node, "replication failed: {e}");
+                tracing::debug!(peer = %node, error = ?e.to_string(), "replication failed");
                 None
             }
         }

@@ -94,7 +94,9 @@ fn ensure_loaded(runtime: &mut Runtime, modules: &Path, hash: &str) -> Result<()
     match runtime.load_cached(hash) {
         Ok(true) => return Ok(()),
         Ok(false) => {}
-        Err(e) => tracing::debug!(%hash, "cached module unusable, recompiling: {e}"),
+        Err(e) => {
+            tracing::debug!(hash = ?hash, error = ?e.to_string(), "cached module unusable, recompiling")
+        }
     }
     let path = modules.join(format!("{hash}.wasm"));
     let bytes = std::fs::read(&path).map_err(|e| {
@@ -118,7 +120,7 @@ fn ensure_loaded(runtime: &mut Runtime, modules: &Path, hash: &str) -> Result<()
 /// task still runs, only without that protection.
 fn lower_priority() {
     if let Err(e) = super::lower_thread_priority() {
-        tracing::warn!("could not lower the executor's priority: {e}");
+        tracing::warn!(error = ?e.to_string(), "could not lower the executor's priority");
     }
 }
 
@@ -133,6 +135,6 @@ fn watch_parent() {
             }
         });
     if let Err(e) = spawned {
-        tracing::warn!("could not start the parent watchdog: {e}");
+        tracing::warn!(error = ?e.to_string(), "could not start the parent watchdog");
     }
 }

@@ -162,6 +162,9 @@ pub async fn exec(exe: &Path, cache: &Path, task: LocalTask) -> Result<LocalResu
         data_dir: cache.to_path_buf(),
         wrapper: Vec::new(),
         metrics: crate::metrics::Metrics::new(),
+        max_memory_bytes: request.memory_bytes,
+        // `exec` compiles in `prepare` above, in this process, as the user asked.
+        compiler: None,
     };
     let mut ex = Executor::spawn(&config).await.map_err(LocalError::Spawn)?;
     let started = Instant::now();
@@ -207,7 +210,8 @@ pub async fn exec(exe: &Path, cache: &Path, task: LocalTask) -> Result<LocalResu
                 Response::Error { .. } => "error",
             };
             result.stderr = stderr_tail(&resp);
-            let (outcome, run_us) = describe(&name, request.memory_bytes, resp);
+            let (outcome, run_us) =
+                describe(&name, request.memory_bytes, request.memory_bytes, resp);
             result.run_ms = run_us.map(|us| ms(Duration::from_micros(us)));
             match outcome {
                 Ok(output) => {

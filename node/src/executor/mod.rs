@@ -13,6 +13,7 @@
 //! started for the next job.
 
 pub mod child;
+pub mod compile;
 pub mod frame;
 pub mod local;
 pub mod runtime;
@@ -112,6 +113,33 @@ pub struct PoolConfig {
     /// A program (and its arguments) that executor processes are started through, e.g. an
     /// emulator (`qemu-aarch64-static`) when the node itself runs under one; empty: none.
     pub wrapper: Vec<String>,
+    /// The executor size (`--ram-per-executor`): no job's memory limit goes above it,
+    /// whatever the job asks, since the pool's size was worked out from it.
+    pub max_memory_bytes: u64,
+    /// The node's compile service: a job's module is compiled through it (once, bounded,
+    /// in a limited process) before an executor loads it. `None`: executors compile.
+    pub compiler: Option<compile::Compiler>,
+}
+
+/// Makes sure the job's module is compiled into the shared cache before an executor loads
+/// it, through the compile service. `Err` with the reason if the module cannot run; a module
+/// file that is missing is left to the executor, which reports it.
+async fn ensure_compiled(config: &PoolConfig, hash: &str) -> Result<(), String> {
+    let Some(compiler) = &config.compiler else {
+        return Ok(());
+    };
+    if !crate::store::modules::is_hash(hash) || compiler.is_compiled(hash).await {
+        return Ok(());
+    }
+    let path = config.data_dir.join("modules").join(format!("{hash}.wasm"));
+    let bytes = match tokio::task::spawn_blocking(move || std::fs::read(path)).await {
+        Ok(Ok(bytes)) => bytes,
+        _ => return Ok(()),
+    };
+    compiler
+        .compile(hash, std::sync::Arc::new(bytes))
+        .await
+        .map_err(|e| e.to_string())
 }
 
 impl Pool {
@@ -336,10 +364,14 @@ enum Ended {
 }
 
 async fn run_job(
-    job: Job,
+    mut job: Job,
     ex: Option<Executor>,
     (config, back, done): (PoolConfig, mpsc::Sender<Back>, mpsc::Sender<Done>),
 ) {
+    // A job (from any controller) asking more memory than an executor of this node has is
+    // held to the executor's size; if it needs more, it fails saying both.
+    let asked_memory = job.request.memory_bytes;
+    job.request.memory_bytes = asked_memory.min(config.max_memory_bytes.max(1));
     let began = Instant::now();
     config.metrics.task_started();
     let metrics = config.metrics.clone();
@@ -353,6 +385,20 @@ async fn run_job(
             run_us,
             stderr,
         };
+    if let Err(e) = ensure_compiled(&config, &job.request.module_hash).await {
+        if let Some(ex) = ex {
+            let _ = back.send(Back::Idle(Box::new(ex))).await;
+        }
+        record(AttemptOutcome::failed);
+        let _ = done
+            .send(finish(
+                Err(format!("module {:?} cannot run: {e}", job.module)),
+                None,
+                None,
+            ))
+            .await;
+        return;
+    }
     let bytes = match frame::encode(&job.request) {
         Ok(b) => b,
         Err(e) => {
@@ -404,7 +450,8 @@ async fn run_job(
             ex.last_used = Instant::now();
             let _ = back.send(Back::Idle(Box::new(ex))).await;
             let stderr = stderr_of(&resp);
-            let (outcome, run_us) = describe(&job.module, job.request.memory_bytes, resp);
+            let (outcome, run_us) =
+                describe(&job.module, job.request.memory_bytes, asked_memory, resp);
             record(if outcome.is_ok() {
                 AttemptOutcome::succeeded
             } else {
@@ -435,7 +482,7 @@ async fn run_job(
             let _ = back.send(Back::Gone(ex.pid)).await;
             let how = ex.reap().await;
             record(AttemptOutcome::crashed);
-            tracing::warn!(dag = %job.dag, task = job.task, "executor process died: {how} ({e})");
+            tracing::warn!(dag = %job.dag, task = job.task, how = ?how, error = ?e.to_string(), "executor process died");
             (
                 Err(format!(
                     "executor process died while running the task ({how})"
@@ -479,10 +526,13 @@ fn tail(stderr: &str) -> String {
     format!("; stderr: {}", chars[start..].iter().collect::<String>())
 }
 
-/// Turns an executor's answer into the task's output or its error message.
+/// Turns an executor's answer into the task's output or its error message. `memory_bytes`
+/// is the limit the job ran with, `asked_memory` what it asked for (more when it was held
+/// to this node's executor size).
 fn describe(
     module: &str,
     memory_bytes: u64,
+    asked_memory: u64,
     resp: Response,
 ) -> (Result<String, String>, Option<u64>) {
     match resp {
@@ -499,6 +549,19 @@ fn describe(
             stderr_tail,
         } => (
             Err(format!("trapped: {message}{}", tail(&stderr_tail))),
+            None,
+        ),
+        Response::MemoryExceeded {
+            limit_bytes,
+            stderr_tail,
+        } if asked_memory > memory_bytes => (
+            Err(format!(
+                "memory limit exceeded: the task asked for {} MB of memory, but executors on \
+                 this node have {} MB (--ram-per-executor), and it tried to grow past that{}",
+                asked_memory / MB,
+                limit_bytes.min(memory_bytes) / MB,
+                tail(&stderr_tail)
+            )),
             None,
         ),
         Response::MemoryExceeded {
@@ -532,6 +595,7 @@ mod tests {
         let (ok, _) = describe(
             "m.wasm",
             0,
+            0,
             Response::Success {
                 stdout: b"hi \n\n".to_vec(),
                 run_us: 1,
@@ -541,6 +605,7 @@ mod tests {
         assert_eq!(ok, Ok("hi".to_string()), "trailing whitespace trimmed");
         let (err, _) = describe(
             "m.wasm",
+            0,
             0,
             Response::Exit {
                 code: 3,
@@ -554,6 +619,7 @@ mod tests {
         let (err, _) = describe(
             "m.wasm",
             64 * MB,
+            64 * MB,
             Response::MemoryExceeded {
                 limit_bytes: 64 * MB,
                 stderr_tail: String::new(),
@@ -562,6 +628,21 @@ mod tests {
         assert!(err.expect_err("fails").contains("memory limit exceeded"));
         let (err, _) = describe(
             "m.wasm",
+            128 * MB,
+            4096 * MB,
+            Response::MemoryExceeded {
+                limit_bytes: 128 * MB,
+                stderr_tail: String::new(),
+            },
+        );
+        let err = err.expect_err("fails");
+        assert!(
+            err.contains("asked for 4096 MB") && err.contains("have 128 MB"),
+            "{err}"
+        );
+        let (err, _) = describe(
+            "m.wasm",
+            0,
             0,
             Response::Error {
                 message: "nope".into(),

@@ -119,6 +119,13 @@ pub enum ExecError {
     Instantiate(String),
     #[error("module cache: {0}")]
     Cache(#[from] io::Error),
+    /// Over the compile budget: refused before any compilation.
+    #[error("the module has {count} {what}; at most {max} are accepted (compiling it would cost the node too much)")]
+    OverBudget {
+        what: &'static str,
+        count: u64,
+        max: u64,
+    },
 }
 
 fn list(problems: &[ExecError]) -> String {
@@ -171,6 +178,64 @@ fn check_header(wasm: &[u8]) -> Result<(), ExecError> {
             u32::from_le_bytes([a, b, c, d])
         ))),
     }
+}
+
+/// Most functions (defined in the module) accepted for compilation. Cranelift spends time
+/// and memory per function even on empty ones: 200,000 empty functions in 800 KB took 3.4 s
+/// and 300 MB. Real task modules have hundreds to a few thousand.
+pub const MAX_FUNCTIONS: u64 = 100_000;
+/// Largest code section accepted for compilation, bytes.
+pub const MAX_CODE_BYTES: u64 = 32 * 1024 * 1024;
+
+/// The compile budget, from the section headers only (no function body is read): at most
+/// [`MAX_FUNCTIONS`] functions and [`MAX_CODE_BYTES`] of code. Cheap enough to run in the
+/// node itself before a module goes to the compile process.
+pub fn check_budget(wasm: &[u8]) -> Result<(), ExecError> {
+    use wasmer::sys::wasmparser::{Parser, Payload};
+    // Not a module at all (text, a component) is said in words, not as a parser's dump.
+    check_header(wasm)?;
+    for payload in Parser::new(0).parse_all(wasm) {
+        match payload.map_err(|e| ExecError::Compile(e.to_string()))? {
+            Payload::FunctionSection(reader) => {
+                let count = u64::from(reader.count());
+                if count > MAX_FUNCTIONS {
+                    return Err(ExecError::OverBudget {
+                        what: "functions",
+                        count,
+                        max: MAX_FUNCTIONS,
+                    });
+                }
+            }
+            Payload::CodeSectionStart { count, size, .. } => {
+                if u64::from(count) > MAX_FUNCTIONS {
+                    return Err(ExecError::OverBudget {
+                        what: "function bodies",
+                        count: u64::from(count),
+                        max: MAX_FUNCTIONS,
+                    });
+                }
+                if u64::from(size) > MAX_CODE_BYTES {
+                    return Err(ExecError::OverBudget {
+                        what: "bytes of code",
+                        count: u64::from(size),
+                        max: MAX_CODE_BYTES,
+                    });
+                }
+                // Everything after is function bodies and data: not needed here.
+                return Ok(());
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Where a compiled artifact of module `hash` is cached under `cache_dir` by this build on
+/// this machine (what [`Runtime::prepare`] writes and [`Runtime::load_cached`] reads).
+pub fn artifact_path(cache_dir: &std::path::Path, hash: &str) -> PathBuf {
+    static TAG: OnceLock<String> = OnceLock::new();
+    let tag = TAG.get_or_init(|| cache_tag(&new_engine(true)));
+    cache_dir.join(format!("{hash}-{tag}.bin"))
 }
 
 /// Version of wasmer whose artifacts we cache: must follow the `=7.1.0` pin in Cargo.toml.
@@ -234,7 +299,7 @@ impl Runtime {
             });
         }
         // Cheap structural checks first, so we do not compile something we will refuse.
-        check_header(wasm)?;
+        check_budget(wasm)?;
         let (imports, start) = scan(wasm).map_err(ExecError::Compile)?;
         plan_imports(imports, start)?;
         let module =

@@ -457,7 +457,7 @@ impl Client {
                     if tokio::time::Instant::now() + pause >= deadline {
                         return Err(e);
                     }
-                    tracing::debug!(%peer, try_ = tries + 1, ?pause, "request failed on the way ({e}); sending it again");
+                    tracing::debug!(%peer, try_ = tries + 1, ?pause, error = ?e.to_string(), "request failed on the way; sending it again");
                     tokio::time::sleep(pause).await;
                     tries += 1;
                 }

@@ -77,28 +77,13 @@ async fn from_peer(
                         "peer {peer} sent bytes with hash {actual} for module {hash}; refused"
                     ));
                 }
-                let modules = modules.clone();
-                let h = hash.to_string();
-                // Stored (and synced) before we answer; compiled ahead of the first task in
-                // the background, so the executors load the cached artifact.
-                tokio::task::spawn_blocking(move || {
-                    modules
-                        .put(&bytes.0)
-                        .map_err(|e| format!("cannot store module {h}: {e}"))?;
-                    std::thread::spawn(move || {
-                        // Compiling is CPU-heavy; the control plane comes first.
-                        let _ = crate::executor::lower_thread_priority();
-                        if let Err(e) =
-                            crate::executor::runtime::Runtime::new(modules.compiled_dir())
-                                .and_then(|mut rt| rt.prepare(&h, &bytes.0))
-                        {
-                            tracing::warn!("fetched module {h} does not compile: {e}");
-                        }
-                    });
-                    Ok::<(), String>(())
-                })
-                .await
-                .map_err(|e| e.to_string())??;
+                // Stored (and synced) off the async threads before we answer; compiled in
+                // the background by the node's one bounded compile service (a limited child
+                // process at low priority), not on a thread of its own per module.
+                modules
+                    .put_and_compile(bytes.0)
+                    .await
+                    .map_err(|e| format!("cannot store module {hash}: {e}"))?;
                 tracing::debug!(%hash, %peer, "fetched module");
             }
             other => return Err(format!("peer {peer} has no module {hash}: {other:?}")),

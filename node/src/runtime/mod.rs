@@ -501,7 +501,7 @@ impl Runtime {
                         });
                     }
                     Err(e) => {
-                        tracing::debug!(peer = %from, "bad request: {e}");
+                        tracing::debug!(peer = %from, error = ?e.to_string(), "bad request");
                         respond(
                             reply,
                             &Response::Refused(Refusal::Invalid(format!("bad request: {e}"))),
@@ -522,10 +522,10 @@ impl Runtime {
                 Output::Broadcast(g) => match mesh::encode_gossip(&g) {
                     Ok(bytes) => {
                         if let Err(e) = self.net.publish(bytes).await {
-                            tracing::debug!("publish failed: {e}");
+                            tracing::debug!(error = ?e.to_string(), "publish failed");
                         }
                     }
-                    Err(e) => tracing::warn!("cannot encode gossip: {e}"),
+                    Err(e) => tracing::warn!(error = ?e.to_string(), "cannot encode gossip"),
                 },
                 Output::Send { to, token, req } => self.send(to, token, req),
                 Output::Respond { rid, resp } => {
@@ -660,6 +660,6 @@ fn respond(reply: oneshot::Sender<Vec<u8>>, resp: &Response) {
         Ok(bytes) => {
             let _ = reply.send(bytes);
         }
-        Err(e) => tracing::warn!("cannot encode a response: {e}"),
+        Err(e) => tracing::warn!(error = ?e.to_string(), "cannot encode a response"),
     }
 }

@@ -41,7 +41,7 @@ impl Votes<NodeId> for KeyVotes {
         {
             Ok(sig) => Signature(sig),
             Err(e) => {
-                tracing::warn!("cannot sign a vote: {e}");
+                tracing::warn!(error = ?e.to_string(), "cannot sign a vote");
                 Signature::default()
             }
         }

@@ -10,9 +10,21 @@
 //! specs.v1  DagId                  -> SpecRecord  (written once at submit)
 //! tasks.v1  DagId ++ u32 task idx  -> TaskRecord  (absent = pending, never attempted)
 //! meta.v1   "election"             -> the election's term and vote
+//! quarantine.v1  tree ++ 0 ++ key  -> Quarantined (a record that failed its check)
 //! ```
 //!
 //! Only the controller actor writes; readers may read concurrently (sled is MVCC-safe).
+//!
+//! **Quarantine.** Every read decodes through the record's checks (a spec through
+//! `ValidDag::verify`). A record that fails them — a damaged disk, a bug in an older
+//! version, a spec a peer should never have been able to send — is moved to `quarantine.v1`
+//! with its key, its bytes and the reason, one line is logged, and the read answers as if
+//! the record were absent, so the node keeps running instead of failing (or panicking)
+//! again on every restart. For a DAG, "absent" means the whole DAG (meta, spec and task
+//! records move together): marking it failed instead would spread that failure to every
+//! replica through the merge (a finished DAG wins), while an absent DAG is filled in again
+//! from a healthy copy by replication or the follower sync. A lost task record reads as
+//! pending (the task runs again, as after a crash); a lost election record as no vote yet.
 
 pub mod merge;
 pub mod modules;
@@ -61,7 +73,13 @@ pub struct DagMeta {
 }
 
 /// The validated DAG and the modules it runs, fixed at submit time.
+///
+/// Decodes only when it is whole: the DAG verifies (`ValidDag` decodes through `verify`),
+/// every module the DAG names has an entry, and every entry is a SHA-256 in hex (no more
+/// entries than the DAG has tasks).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(try_from = "bx3_protocol::mesh::Spec")]
+// (The checks are `mesh::Spec`'s: a record decodes through the wire type.)
 pub struct SpecRecord {
     pub dag: ValidDag,
     /// Module file name -> SHA-256 of its bytes.
@@ -114,6 +132,19 @@ pub struct TaskRecord {
 #[cfg(test)]
 pub type Dump = Vec<(usize, sled::IVec, sled::IVec)>;
 
+/// A record moved out of its tree because it failed its check (see the module docs).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Quarantined {
+    /// The tree it was in (`specs.v1`, ...).
+    pub tree: String,
+    pub key: Vec<u8>,
+    /// The bytes as they were stored.
+    pub value: Vec<u8>,
+    /// Why it was refused.
+    pub reason: String,
+    pub at_ms: u64,
+}
+
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
@@ -121,12 +152,14 @@ pub struct Store {
     dags: sled::Tree,
     specs: sled::Tree,
     tasks: sled::Tree,
+    quarantine: sled::Tree,
 }
 
 const DAGS: &str = "dags.v1";
 const SPECS: &str = "specs.v1";
 const TASKS: &str = "tasks.v1";
 const META: &str = "meta.v1";
+const QUARANTINE: &str = "quarantine.v1";
 const ELECTION_KEY: &[u8] = b"election";
 const REPL_KEY: &[u8] = b"repl";
 
@@ -168,7 +201,7 @@ impl Store {
     }
 
     /// A store that lives as long as the handle (simulations and tests).
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     pub fn temporary() -> Result<Store, StoreError> {
         Store::with_db(
             sled::Config::new()
@@ -223,8 +256,120 @@ impl Store {
             specs: db.open_tree(SPECS)?,
             tasks: db.open_tree(TASKS)?,
             meta: db.open_tree(META)?,
+            quarantine: db.open_tree(QUARANTINE)?,
             db,
         })
+    }
+
+    fn tree(&self, name: &str) -> Option<&sled::Tree> {
+        match name {
+            DAGS => Some(&self.dags),
+            SPECS => Some(&self.specs),
+            TASKS => Some(&self.tasks),
+            META => Some(&self.meta),
+            _ => None,
+        }
+    }
+
+    /// Moves one record that failed its check to `quarantine.v1` and logs it. The move is
+    /// a compare-and-swap: if the record was rewritten since it was read (the actor writes
+    /// while a reader elsewhere found the old bytes bad), the new record stays.
+    fn quarantine_record(
+        &self,
+        tree: &'static str,
+        key: &[u8],
+        value: &[u8],
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let Some(source) = self.tree(tree) else {
+            return Ok(());
+        };
+        let record = Quarantined {
+            tree: tree.to_string(),
+            key: key.to_vec(),
+            value: value.to_vec(),
+            reason: reason.to_string(),
+            at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        };
+        let mut qkey = tree.as_bytes().to_vec();
+        qkey.push(0);
+        qkey.extend_from_slice(key);
+        self.quarantine.insert(qkey, encode(&record)?)?;
+        let moved = source
+            .compare_and_swap(key, Some(value), None::<&[u8]>)?
+            .is_ok();
+        if moved {
+            tracing::error!(
+                tree,
+                key = %hex::encode(key),
+                reason = ?reason,
+                "a stored record failed its check; moved to quarantine.v1, the node goes on as if it were absent"
+            );
+        }
+        Ok(())
+    }
+
+    /// Moves every record of DAG `id` (meta, spec, task records) to quarantine: one of them
+    /// failed its check, and a DAG is only usable whole.
+    fn quarantine_dag(&self, id: &DagId, reason: &str) -> Result<(), StoreError> {
+        let why = format!("DAG {id}: {reason}");
+        if let Some(v) = self.dags.get(id.as_bytes())? {
+            self.quarantine_record(DAGS, id.as_bytes(), &v, &why)?;
+        }
+        if let Some(v) = self.specs.get(id.as_bytes())? {
+            self.quarantine_record(SPECS, id.as_bytes(), &v, &why)?;
+        }
+        for item in self.tasks.scan_prefix(id.as_bytes()) {
+            let (k, v) = item?;
+            self.quarantine_record(TASKS, &k, &v, &why)?;
+        }
+        Ok(())
+    }
+
+    /// Decodes a DAG-level record (meta or spec) of DAG `id`; a record that does not decode
+    /// takes the whole DAG to quarantine and reads as absent.
+    fn dag_record<T: DeserializeOwned>(
+        &self,
+        tree: &'static str,
+        id: &DagId,
+        bytes: &[u8],
+    ) -> Result<Option<T>, StoreError> {
+        match decode(tree, id.as_bytes(), bytes) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) => {
+                self.quarantine_dag(id, &format!("{tree}: {e}"))?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Decodes a record that stands alone (a task record, the election's); one that does
+    /// not decode goes to quarantine and reads as absent.
+    fn lone_record<T: DeserializeOwned>(
+        &self,
+        tree: &'static str,
+        key: &[u8],
+        bytes: &[u8],
+    ) -> Result<Option<T>, StoreError> {
+        match decode(tree, key, bytes) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) => {
+                self.quarantine_record(tree, key, bytes, &e.to_string())?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Records moved to quarantine, oldest key first (for people and tests).
+    pub fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.quarantine.iter() {
+            let (k, v) = item?;
+            out.push(decode(QUARANTINE, &k, &v)?);
+        }
+        Ok(out)
     }
 
     /// Records a new DAG. The spec goes first: a crash in between leaves a spec without meta,
@@ -266,7 +411,7 @@ impl Store {
     /// The election's durable term and vote (written before acting on them).
     pub fn election(&self) -> Result<Option<crate::election::Persistent<NodeId>>, StoreError> {
         match self.meta.get(ELECTION_KEY)? {
-            Some(v) => Ok(Some(decode(META, ELECTION_KEY, &v)?)),
+            Some(v) => self.lone_record(META, ELECTION_KEY, &v),
             None => Ok(None),
         }
     }
@@ -280,7 +425,7 @@ impl Store {
     /// of the last batch it applied (or, on the controller, produced).
     pub fn repl_pos(&self) -> Result<crate::election::LogPos<NodeId>, StoreError> {
         match self.meta.get(REPL_KEY)? {
-            Some(v) => decode(META, REPL_KEY, &v),
+            Some(v) => Ok(self.lone_record(META, REPL_KEY, &v)?.unwrap_or_default()),
             None => Ok(crate::election::LogPos::default()),
         }
     }
@@ -293,7 +438,7 @@ impl Store {
     pub fn task(&self, id: &DagId, idx: u32) -> Result<Option<TaskRecord>, StoreError> {
         let key = task_key(id, idx);
         match self.tasks.get(key)? {
-            Some(v) => Ok(Some(decode(TASKS, &key, &v)?)),
+            Some(v) => self.lone_record(TASKS, &key, &v),
             None => Ok(None),
         }
     }
@@ -332,14 +477,15 @@ impl Store {
 
     pub fn meta(&self, id: &DagId) -> Result<Option<DagMeta>, StoreError> {
         match self.dags.get(id.as_bytes())? {
-            Some(v) => Ok(Some(decode(DAGS, id.as_bytes(), &v)?)),
+            Some(v) => self.dag_record(DAGS, id, &v),
             None => Ok(None),
         }
     }
 
+    /// The DAG's spec, checked (`ValidDag` decodes only through `verify`).
     pub fn spec(&self, id: &DagId) -> Result<Option<SpecRecord>, StoreError> {
         match self.specs.get(id.as_bytes())? {
-            Some(v) => Ok(Some(decode(SPECS, id.as_bytes(), &v)?)),
+            Some(v) => self.dag_record(SPECS, id, &v),
             None => Ok(None),
         }
     }
@@ -349,17 +495,18 @@ impl Store {
         let mut out = vec![TaskRecord::default(); count];
         for item in self.tasks.scan_prefix(id.as_bytes()) {
             let (k, v) = item?;
-            let idx_bytes: [u8; 4] =
-                k[DagId::LEN..]
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt {
-                        tree: TASKS,
-                        key: hex::encode(&k),
-                        reason: "key is not a DAG id plus a task index".into(),
-                    })?;
+            let Some(idx_bytes) = k
+                .get(DagId::LEN..)
+                .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            else {
+                self.quarantine_record(TASKS, &k, &v, "key is not a DAG id plus a task index")?;
+                continue;
+            };
             let idx = u32::from_be_bytes(idx_bytes) as usize;
             if let Some(slot) = out.get_mut(idx) {
-                *slot = decode(TASKS, &k, &v)?;
+                if let Some(record) = self.lone_record(TASKS, &k, &v)? {
+                    *slot = record;
+                }
             }
         }
         Ok(out)
@@ -368,14 +515,18 @@ impl Store {
     /// DAGs newest first, at most `limit`.
     pub fn list(&self, limit: usize) -> Result<Vec<(DagId, DagMeta)>, StoreError> {
         let mut out = Vec::new();
-        for item in self.dags.iter().rev().take(limit) {
+        for item in self.dags.iter().rev() {
+            if out.len() >= limit {
+                break;
+            }
             let (k, v) = item?;
-            let id = DagId::from_bytes(&k).ok_or_else(|| StoreError::Corrupt {
-                tree: DAGS,
-                key: hex::encode(&k),
-                reason: "key is not a DAG id".into(),
-            })?;
-            out.push((id, decode(DAGS, &k, &v)?));
+            let Some(id) = DagId::from_bytes(&k) else {
+                self.quarantine_record(DAGS, &k, &v, "key is not a DAG id")?;
+                continue;
+            };
+            if let Some(meta) = self.dag_record(DAGS, &id, &v)? {
+                out.push((id, meta));
+            }
         }
         Ok(out)
     }
@@ -406,11 +557,15 @@ impl Store {
         let mut out = Vec::new();
         for item in self.dags.iter() {
             let (k, v) = item?;
-            let meta: DagMeta = decode(DAGS, &k, &v)?;
+            let Some(id) = DagId::from_bytes(&k) else {
+                self.quarantine_record(DAGS, &k, &v, "key is not a DAG id")?;
+                continue;
+            };
+            let Some(meta) = self.dag_record::<DagMeta>(DAGS, &id, &v)? else {
+                continue;
+            };
             if !meta.state.is_terminal() {
-                if let Some(id) = DagId::from_bytes(&k) {
-                    out.push(id);
-                }
+                out.push(id);
             }
         }
         Ok(out)
@@ -530,6 +685,166 @@ mod tests {
         assert_eq!(
             store.tasks(&b, 2).expect("tasks"),
             vec![TaskRecord::default(); 2]
+        );
+    }
+
+    /// A spec that fails its check on disk (here: a dependency index out of range, which
+    /// used to panic the planner on every start) takes its whole DAG to quarantine: the
+    /// reads answer "absent", the bytes and the reason are kept, other DAGs are untouched.
+    #[test]
+    fn a_spec_that_fails_its_check_quarantines_its_dag() {
+        let store = Store::temporary().expect("store");
+        let (good, bad) = (DagId::new(10, 1), DagId::new(20, 2));
+        store
+            .insert_dag(&good, &meta(DagState::Running), &spec())
+            .expect("insert");
+        let mut tampered = spec();
+        tampered.dag.tasks[1].deps.push(40);
+        store
+            .insert_dag(&bad, &meta(DagState::Running), &tampered)
+            .expect("insert");
+        let rec = TaskRecord {
+            state: TaskState::Succeeded,
+            attempts: 1,
+            ..TaskRecord::default()
+        };
+        store
+            .put_tasks([(bad, 0, &rec), (good, 0, &rec)])
+            .expect("put");
+
+        assert_eq!(
+            store.unfinished().expect("scan"),
+            vec![good, bad],
+            "metas are fine"
+        );
+        assert_eq!(store.spec(&bad).expect("no error, just absent"), None);
+        assert_eq!(store.meta(&bad).expect("meta"), None, "the whole DAG moved");
+        assert_eq!(
+            store.tasks(&bad, 2).expect("tasks"),
+            vec![TaskRecord::default(); 2]
+        );
+        assert!(
+            !store.has_spec(&bad).expect("has"),
+            "replication can bring a good copy"
+        );
+        assert_eq!(store.unfinished().expect("scan"), vec![good]);
+        assert_eq!(store.spec(&good).expect("spec"), Some(spec()));
+        assert_eq!(store.tasks(&good, 2).expect("tasks")[0], rec);
+
+        let q = store.quarantined().expect("quarantine");
+        let trees: Vec<&str> = q.iter().map(|r| r.tree.as_str()).collect();
+        assert_eq!(trees, vec![DAGS, SPECS, TASKS]);
+        assert!(q[1].reason.contains("task index 40"), "{}", q[1].reason);
+        assert_eq!(q[1].key, bad.as_bytes().to_vec());
+        assert_eq!(
+            Some(q[1].value.clone()),
+            Some(encode(&tampered).expect("enc"))
+        );
+        // Reading again finds nothing more to move.
+        assert_eq!(store.spec(&bad).expect("spec"), None);
+        assert_eq!(store.quarantined().expect("quarantine").len(), 3);
+    }
+
+    #[test]
+    fn lone_records_that_do_not_decode_read_as_absent() {
+        let store = Store::temporary().expect("store");
+        let id = DagId::new(10, 1);
+        store
+            .insert_dag(&id, &meta(DagState::Running), &spec())
+            .expect("insert");
+        let rec = TaskRecord {
+            state: TaskState::Failed,
+            attempts: 3,
+            ..TaskRecord::default()
+        };
+        store.put_tasks([(id, 0, &rec)]).expect("put");
+        store
+            .tasks
+            .insert(&task_key(&id, 1)[..], &b"\xff\xfe garbage"[..])
+            .expect("raw");
+        let mut short_key = id.as_bytes().to_vec();
+        short_key.push(7);
+        store.tasks.insert(short_key, &b"x"[..]).expect("raw");
+        assert_eq!(
+            store.tasks(&id, 2).expect("tasks"),
+            vec![rec, TaskRecord::default()],
+            "the damaged task reads as pending; the good one is kept"
+        );
+        assert_eq!(store.task(&id, 1).expect("task"), None);
+        store.meta.insert(ELECTION_KEY, &b"\x00"[..]).expect("raw");
+        assert!(store.election().expect("election").is_none());
+        store.meta.insert(REPL_KEY, &b"\x00"[..]).expect("raw");
+        assert_eq!(
+            store.repl_pos().expect("pos"),
+            crate::election::LogPos::default()
+        );
+        store
+            .dags
+            .insert(&b"not a dag id"[..], &b"x"[..])
+            .expect("raw");
+        assert_eq!(store.list(10).expect("list").len(), 1);
+        assert_eq!(store.quarantined().expect("q").len(), 5);
+    }
+
+    #[test]
+    fn a_spec_decodes_only_with_a_hash_for_every_module() {
+        let good = spec();
+        let bytes = encode(&good).expect("enc");
+        assert_eq!(
+            serde_cbor::from_slice::<SpecRecord>(&bytes).expect("good"),
+            good
+        );
+        // What a peer or a damaged disk can hold: any strings as hashes.
+        #[derive(Serialize)]
+        struct Raw {
+            dag: ValidDag,
+            modules: BTreeMap<String, String>,
+        }
+        let raw = |s: &SpecRecord| Raw {
+            dag: s.dag.clone(),
+            modules: s
+                .modules
+                .iter()
+                .map(|(k, v)| (k.clone(), v.to_string()))
+                .collect(),
+        };
+        let mut missing = raw(&spec());
+        missing.modules.clear();
+        let mut bad_hash = raw(&spec());
+        bad_hash
+            .modules
+            .insert("m.wasm".into(), "../../etc/passwd".into());
+        let mut too_many = raw(&spec());
+        for i in 0..5 {
+            too_many
+                .modules
+                .insert(format!("x{i}.wasm"), "00".repeat(32));
+        }
+        for (why, s) in [
+            ("no hash for", missing),
+            ("not a module hash", bad_hash),
+            ("modules for 2 tasks", too_many),
+        ] {
+            let err =
+                serde_cbor::from_slice::<SpecRecord>(&encode(&s).expect("enc")).expect_err(why);
+            assert!(err.to_string().contains(why), "{why}: {err}");
+        }
+    }
+
+    /// A reader that found bad bytes never deletes a record rewritten since (the actor
+    /// writes while replicas and long polls read).
+    #[test]
+    fn quarantine_keeps_a_record_rewritten_since_it_was_read() {
+        let store = Store::temporary().expect("store");
+        let id = DagId::new(10, 1);
+        let good = encode(&meta(DagState::Running)).expect("enc");
+        store.dags.insert(id.as_bytes(), good.clone()).expect("raw");
+        store
+            .quarantine_record(DAGS, id.as_bytes(), b"old bad bytes", "test")
+            .expect("quarantine");
+        assert_eq!(
+            store.dags.get(id.as_bytes()).expect("get").as_deref(),
+            Some(&good[..])
         );
     }
 

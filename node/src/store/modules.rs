@@ -2,6 +2,11 @@
 //!
 //! Files rather than sled values because executor processes read them directly (sled allows
 //! one process per database), and because a module is immutable once named by its hash.
+//!
+//! The set of hashes present is read once when the store opens and kept in memory (the node
+//! is the only writer and never deletes a module), so `contains` — asked for every job and
+//! every submission, on async threads — never touches the disk; reading and writing bytes
+//! have `_async` forms that run on the blocking pool.
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -10,12 +15,23 @@ use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ModuleStore {
     dir: PathBuf,
-    /// Hashes known to be on disk. Modules are immutable and never removed by the node, so
-    /// once seen a module stays: `contains` (asked for every job) skips the file system.
+    /// Hashes on disk: listed at `open`, added to by `put`. Modules are immutable and never
+    /// removed by the node, so this is the answer to `contains`.
     known: Arc<Mutex<HashSet<String>>>,
+    /// The node's compile service: modules that arrive from peers are compiled through it
+    /// (`None` in tools and tests that only store bytes).
+    compiler: Option<crate::executor::compile::Compiler>,
+}
+
+impl std::fmt::Debug for ModuleStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModuleStore")
+            .field("dir", &self.dir)
+            .finish()
+    }
 }
 
 /// Lowercase hex SHA-256.
@@ -31,10 +47,30 @@ pub fn is_hash(s: &str) -> bool {
 impl ModuleStore {
     pub fn open(dir: PathBuf) -> std::io::Result<ModuleStore> {
         std::fs::create_dir_all(&dir)?;
+        let mut known = HashSet::new();
+        for entry in std::fs::read_dir(&dir)? {
+            let name = entry?.file_name();
+            if let Some(hash) = name.to_str().and_then(|n| n.strip_suffix(".wasm")) {
+                if is_hash(hash) {
+                    known.insert(hash.to_string());
+                }
+            }
+        }
         Ok(ModuleStore {
             dir,
-            known: Arc::default(),
+            known: Arc::new(Mutex::new(known)),
+            compiler: None,
         })
+    }
+
+    /// Compiles modules stored from peers through `compiler` (see `put_and_compile`).
+    pub fn with_compiler(mut self, compiler: crate::executor::compile::Compiler) -> ModuleStore {
+        self.compiler = Some(compiler);
+        self
+    }
+
+    pub fn compiler(&self) -> Option<&crate::executor::compile::Compiler> {
+        self.compiler.as_ref()
     }
 
     pub fn path(&self, hash: &str) -> PathBuf {
@@ -51,18 +87,9 @@ impl ModuleStore {
         self.dir.parent().unwrap_or(&self.dir).join("compiled")
     }
 
+    /// Whether the module is here; memory only (see the module docs).
     pub fn contains(&self, hash: &str) -> bool {
-        if !is_hash(hash) {
-            return false;
-        }
-        if self.known().contains(hash) {
-            return true;
-        }
-        let present = self.path(hash).is_file();
-        if present {
-            self.known().insert(hash.to_string());
-        }
-        present
+        is_hash(hash) && self.known().contains(hash)
     }
 
     fn known(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
@@ -81,12 +108,46 @@ impl ModuleStore {
         }
     }
 
+    /// `get` on the blocking pool.
+    pub async fn get_async(&self, hash: &str) -> std::io::Result<Option<Vec<u8>>> {
+        let (store, hash) = (self.clone(), hash.to_string());
+        tokio::task::spawn_blocking(move || store.get(&hash))
+            .await
+            .map_err(std::io::Error::other)?
+    }
+
+    /// `put` on the blocking pool.
+    pub async fn put_async(&self, bytes: Arc<Vec<u8>>) -> std::io::Result<String> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.put(&bytes))
+            .await
+            .map_err(std::io::Error::other)?
+    }
+
+    /// Stores module bytes that arrived from a peer (their hash already checked) and hands
+    /// them to the compile service in the background, so the first task finds them compiled.
+    /// A module that does not compile is logged here and fails its tasks with the reason.
+    pub async fn put_and_compile(&self, bytes: Vec<u8>) -> std::io::Result<String> {
+        let bytes = Arc::new(bytes);
+        let hash = self.put_async(Arc::clone(&bytes)).await?;
+        if let Some(compiler) = self.compiler.clone() {
+            let h = hash.clone();
+            tokio::spawn(async move {
+                if let Err(e) = compiler.compile(&h, bytes).await {
+                    tracing::warn!(hash = %h, error = ?e.to_string(), "a module fetched from a peer does not compile");
+                }
+            });
+        }
+        Ok(hash)
+    }
+
     /// Stores `bytes` under their hash: written to a temporary file, synced, then renamed, so
     /// a crash never leaves a partial module under a valid name.
     pub fn put(&self, bytes: &[u8]) -> std::io::Result<String> {
         let hash = sha256_hex(bytes);
         let path = self.path(&hash);
         if path.is_file() {
+            self.known().insert(hash.clone());
             return Ok(hash);
         }
         // A name of its own per writer: two tasks of this process may store the same module
@@ -108,6 +169,7 @@ impl ModuleStore {
                 return Err(e);
             }
         }
+        self.known().insert(hash.clone());
         Ok(hash)
     }
 }
@@ -131,6 +193,24 @@ mod tests {
             h.join().expect("thread").expect("every writer succeeds");
         }
         assert_eq!(store.get(&sha256_hex(&bytes)).expect("get"), Some(bytes));
+    }
+
+    #[test]
+    fn contains_knows_modules_from_before_a_restart_without_touching_the_disk() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let hash = ModuleStore::open(dir.path().join("m"))
+            .expect("open")
+            .put(b"\0asm\x01\0\0\0")
+            .expect("put");
+        std::fs::write(dir.path().join("m").join("notes.txt"), "x").expect("write");
+        let store = ModuleStore::open(dir.path().join("m")).expect("reopen");
+        assert!(store.contains(&hash));
+        assert!(!store.contains("notes"));
+        // The answer comes from memory: a file removed behind the node's back is still
+        // "known" (the node never removes modules; reading it reports the problem).
+        std::fs::remove_file(store.path(&hash)).expect("rm");
+        assert!(store.contains(&hash));
+        assert_eq!(store.get(&hash).expect("get"), None);
     }
 
     #[test]
