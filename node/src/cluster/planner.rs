@@ -467,11 +467,12 @@ impl Planner {
     /// is stale or not the sender's to give: unknown DAG or task, an attempt other than the
     /// current one, or a node other than the one the attempt went to.
     ///
-    /// One exception keeps a failover cheap: a task that is back in the queue (a new
-    /// controller took over, and the attempt that was running under the old one is not
-    /// known here) takes the result of exactly the attempt it would hand out next, from any
-    /// member, as if that attempt had been handed out to the sender: the outcome of an
-    /// attempt is the task's, whoever ordered it.
+    /// One exception keeps a failover cheap: a task that is back in the queue because the
+    /// attempt running under an earlier controller was interrupted (a new controller took
+    /// over, or the node seemed lost) takes the result of exactly that attempt from exactly
+    /// the node the records say ran it: the outcome of an attempt is the task's, whoever
+    /// ordered it. A result from any other node, or for an attempt the records do not show
+    /// as interrupted there, is refused (the task runs again).
     pub fn on_result(
         &mut self,
         dag: DagId,
@@ -495,6 +496,11 @@ impl Planner {
             && record.node.as_ref() == Some(report.from);
         let adopted = record.state == TaskState::Pending
             && attempt == record.attempts.saturating_add(1)
+            && record.log.last().is_some_and(|a| {
+                a.attempt == attempt
+                    && a.outcome == AttemptOutcome::Interrupted
+                    && a.node.as_ref() == Some(report.from)
+            })
             && run.ready.contains(&idx);
         if !running && !adopted {
             return false;
@@ -506,19 +512,11 @@ impl Planner {
             };
             record.attempts = attempt;
             record.node = Some(report.from.clone());
-            let queued = record.queued_ms;
-            let started = not_before_log(record, now_ms);
-            log_attempt(
-                record,
-                AttemptRecord {
-                    attempt,
-                    node: Some(report.from.clone()),
-                    outcome: AttemptOutcome::Running,
-                    queued_ms: queued,
-                    started_ms: Some(started),
-                    ..AttemptRecord::default()
-                },
-            );
+            // The interrupted entry is that attempt: it was running after all.
+            if let Some(entry) = record.log.last_mut() {
+                entry.outcome = AttemptOutcome::Running;
+                entry.finished_ms = None;
+            }
             let old = record.state;
             run.meta.counts.remove(old);
             run.meta.counts.add(TaskState::Running);
@@ -994,6 +992,52 @@ tasks:
             vec!["a.wasm", "A", "B"],
             "outputs from before the crash are used"
         );
+    }
+
+    /// After a takeover, the attempt that was running under the old controller is taken
+    /// from the node that ran it (no second run), and from no one else: a result from
+    /// another node, for any attempt, changes nothing.
+    #[test]
+    fn a_new_controller_takes_an_interrupted_result_only_from_its_node() {
+        let mut p = Planner::new();
+        let id = add(&mut p, FANOUT, 7);
+        let init = next(&mut p, "w1").expect("init");
+        assert_eq!((init.task, init.attempt), (0, 1));
+        let run = p.evict(&id).expect("run");
+        let mut p2 = Planner::new();
+        p2.add(
+            id,
+            run.meta.clone(),
+            Arc::clone(&run.spec),
+            run.tasks.clone(),
+            5,
+        );
+        let (w1, mallory) = (node("w1"), node("mallory"));
+        let report = |from| Report {
+            from,
+            run_ms: 1,
+            stderr: None,
+        };
+        for attempt in [0, 1, 2, u32::MAX] {
+            assert!(
+                !p2.on_result(id, 0, attempt, Ok("forged".into()), report(&mallory), 6),
+                "attempt {attempt} from a node that never ran it"
+            );
+        }
+        assert!(
+            !p2.on_result(id, 0, 2, Ok("late".into()), report(&w1), 6),
+            "not that attempt"
+        );
+        assert!(p2.on_result(id, 0, 1, Ok("real".into()), report(&w1), 7));
+        let run = p2.run(&id).expect("run");
+        assert_eq!(run.tasks[0].output.as_deref(), Some("real"));
+        assert_eq!(run.tasks[0].attempts, 1, "no second run");
+        let log = &run.tasks[0].log;
+        assert_eq!(log.len(), 1, "{log:?}");
+        assert_eq!(log[0].outcome, AttemptOutcome::Succeeded);
+        // And on a task never handed out, nobody's result counts.
+        assert!(!p2.on_result(id, 3, 1, Ok("forged".into()), report(&mallory), 8));
+        assert!(!p2.on_result(id, 3, 1, Ok("forged".into()), report(&w1), 8));
     }
 
     /// inputs that would resolve to more than 8 MiB fail their task alone, with

@@ -1026,6 +1026,15 @@ impl<Id: ElectionId> Election<Id> {
             Some(ours) if *ours != term.candidate => {
                 let mut own = self.backers(ours);
                 own.insert(&self.me);
+                // A leader knows who voted for it before their announcements say so: a
+                // stranger's lone heartbeat right after an election must not tie with it.
+                if *ours == self.me {
+                    for v in &self.cert {
+                        if self.alive.contains_key(&v.voter) {
+                            own.insert(&v.voter);
+                        }
+                    }
+                }
                 voters.len() >= own.len()
             }
             _ => false,
