@@ -249,7 +249,7 @@ fn readme_json_examples_match_the_types() {
                     code: Some("c".into()),
                 },
             ),
-            // Not a protocol type: the CLI's error object, checked by node/tests/cli.rs.
+            // Not a protocol type: the CLI's error object, checked by node/tests/it/cli.rs.
             "CliError" => {}
             other => panic!("README tags a JSON block with unknown type {other:?}"),
         }

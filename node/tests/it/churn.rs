@@ -1,12 +1,10 @@
 //! The mesh under churn (127.0.0.1, `--no-mdns`): a node restarting while DAGs are submitted
 //! elsewhere fails no submission.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
+use crate::common::{write_dag, Mesh};
 use bx3_protocol::api::DagState;
-use common::{write_dag, Mesh};
 
 const MIN: Duration = Duration::from_secs(60);
 
@@ -53,7 +51,7 @@ fn submit_while(
                     file.to_str().expect("utf-8"),
                     "--json",
                     "--modules",
-                    common::wasm_modules().to_str().expect("utf-8"),
+                    crate::common::wasm_modules().to_str().expect("utf-8"),
                 ],
                 Duration::from_secs(120),
             );
@@ -84,7 +82,7 @@ fn submit_while(
         assert_eq!(v.tasks["b"].output.as_deref(), Some("xy"));
     }
     // Put the mesh back together in its order (for Drop).
-    let mut nodes: Vec<Option<common::TestNode>> = Vec::new();
+    let mut nodes: Vec<Option<crate::common::TestNode>> = Vec::new();
     nodes.resize_with(order.len() + 1, || None);
     nodes[submitter] = Some(sub_node);
     for (i, n) in order.into_iter().zip(rest.nodes) {
@@ -97,6 +95,7 @@ fn submit_while(
 /// DAGs are submitted at another follower: no submission fails, every DAG finishes.
 #[test]
 fn restarting_a_follower_ten_times_fails_no_submission() {
+    let _heavy = crate::common::heavy();
     let mut mesh = Mesh::start(3, 1);
     let leader = mesh.wait_leader(MIN);
     mesh.wait_fully_connected(MIN);
@@ -121,6 +120,7 @@ fn restarting_a_follower_ten_times_fails_no_submission() {
 /// be sent again to the next controller.
 #[test]
 fn restarting_the_controller_ten_times_fails_no_submission() {
+    let _heavy = crate::common::heavy();
     let mut mesh = Mesh::start(3, 1);
     mesh.wait_leader(MIN);
     mesh.wait_fully_connected(MIN);
@@ -144,16 +144,16 @@ fn restarting_the_controller_ten_times_fails_no_submission() {
             let submits = scope.spawn(|| {
                 let mut got = Vec::new();
                 while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                    let mut cmd = std::process::Command::new(common::BIN);
+                    let mut cmd = std::process::Command::new(crate::common::BIN);
                     cmd.args([
                         "submit",
                         file.to_str().expect("utf-8"),
                         "--json",
                         "--modules",
                     ])
-                    .arg(common::wasm_modules())
+                    .arg(crate::common::wasm_modules())
                     .args(["--api", &api]);
-                    let out = common::run_bounded(cmd, Duration::from_secs(120));
+                    let out = crate::common::run_bounded(cmd, Duration::from_secs(120));
                     let err = String::from_utf8_lossy(&out.stderr).to_string();
                     let v: Option<serde_json::Value> = serde_json::from_slice(&out.stdout).ok();
                     got.push((

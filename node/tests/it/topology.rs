@@ -3,17 +3,14 @@
 //! a direct connection to every other, so losing the bootstrap node or the middle of the chain
 //! splits nothing.
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::common::{chain, star, write_dag, Mesh, TestNode};
 use bx3_protocol::api::{DagState, DagView};
-use common::{chain, star, write_dag, Mesh, TestNode};
 
-#[path = "../../wasm_modules/src/kernels/cpu.rs"]
-mod cpu;
+use crate::common::cpu;
 
 const MIN: Duration = Duration::from_secs(60);
 
@@ -71,6 +68,7 @@ fn finish_reports(logs: &str, ids: &[String]) -> HashMap<String, usize> {
 /// checksums are right), and a DAG submitted at one leaf afterwards is readable at another.
 #[test]
 fn star_survives_losing_its_hub() {
+    let _heavy = crate::common::heavy();
     let mut mesh = Mesh::start_topology(4, Some(1), star, &[]);
     let took = mesh.wait_fully_connected(MIN);
     eprintln!("4-node star fully connected {took:?} after the last node started");
@@ -163,6 +161,7 @@ fn star_survives_losing_its_hub() {
 /// leaves A and C connected to each other, agreeing on one controller and running DAGs.
 #[test]
 fn chain_survives_losing_its_middle() {
+    let _heavy = crate::common::heavy();
     let mut mesh = Mesh::start_topology(3, Some(1), chain, &[]);
     let took = mesh.wait_fully_connected(MIN);
     eprintln!("3-node chain fully connected {took:?} after the last node started");

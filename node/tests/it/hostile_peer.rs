@@ -6,11 +6,10 @@
 //! answered with a refusal (or ignored), both nodes stay up with the same controller, and
 //! the DAG that runs meanwhile finishes with its real outputs.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::common::{Mesh, TestNode};
 use bx3_node::net;
 use bx3_protocol::api::DagState;
 use bx3_protocol::ids::{DagId, NodeId};
@@ -19,7 +18,6 @@ use bx3_protocol::mesh::{
     Refusal, Request, Response, Signature, SignedVote, Term,
 };
 use bx3_protocol::wire;
-use common::{Mesh, TestNode};
 use libp2p::{Multiaddr, PeerId};
 
 const MIN: Duration = Duration::from_secs(60);
@@ -148,6 +146,7 @@ fn up(node: &TestNode) {
 
 #[test]
 fn a_hostile_member_changes_nothing() {
+    let _heavy = crate::common::heavy();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -177,11 +176,12 @@ fn a_hostile_member_changes_nothing() {
 
     // The DAG runs while everything below happens.
     let tmp = tempfile::tempdir().expect("tempdir");
-    let file = common::write_dag(tmp.path(), "under-attack.yaml", DAG);
+    let file = crate::common::write_dag(tmp.path(), "under-attack.yaml", DAG);
     let id: DagId = f.submit(&file).parse().expect("a DAG id");
     let echo = {
         use sha2::Digest;
-        let bytes = std::fs::read(common::wasm_modules().join("echo.wasm")).expect("echo.wasm");
+        let bytes =
+            std::fs::read(crate::common::wasm_modules().join("echo.wasm")).expect("echo.wasm");
         hex::encode(sha2::Sha256::digest(bytes))
     };
 

@@ -1,12 +1,25 @@
 //! Test harness: real `bx3-node` processes on 127.0.0.1 with `--no-mdns`, each in its own temp
 //! data dir, stopped by pid when dropped. Every wait is bounded.
-#![allow(dead_code)]
+
+pub mod browser;
+/// The CPU kernel of `cpu_heavy.wasm`, run natively to know its output.
+#[path = "../../../../wasm_modules/src/kernels/cpu.rs"]
+pub mod cpu;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use bx3_protocol::api::{DagView, StatusView};
+
+/// Tests that start meshes, load the CPU or measure time take this, so that at most one of
+/// them runs at a time (the others, light ones, run beside it): on two cores, two of them
+/// together starve the nodes they are looking at.
+pub fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    // A test that failed while holding it poisons nothing the next one needs.
+    HEAVY.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_bx3-node");
 

@@ -2,12 +2,10 @@
 //! make the mesh change controller. Alone in its test binary, so that no other test's nodes
 //! compete for the cores while it measures.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
+use crate::common::{write_dag, Mesh};
 use bx3_protocol::api::{DagState, StatusView};
-use common::{write_dag, Mesh};
 
 const MIN: Duration = Duration::from_secs(60);
 
@@ -16,7 +14,8 @@ const MIN: Duration = Duration::from_secs(60);
 /// the run, and a one-task DAG submitted meanwhile finishes.
 #[test]
 fn cpu_bound_load_changes_no_controller() {
-    let mesh = Mesh::start_topology(3, None, common::star, &[]);
+    let _heavy = crate::common::heavy();
+    let mesh = Mesh::start_topology(3, None, crate::common::star, &[]);
     mesh.wait_fully_connected(MIN);
     let leader = mesh.wait_leader(MIN);
     let before: Vec<StatusView> = mesh.nodes.iter().map(|n| n.status()).collect();

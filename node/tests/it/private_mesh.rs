@@ -2,12 +2,10 @@
 //! it with `--mesh-key` form a mesh, and a node without it (or with another key) never
 //! becomes a member. A bad key file stops the node with exit 3.
 
-mod common;
-
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{free_port, run_bounded, TestNode, BIN};
+use crate::common::{free_port, run_bounded, TestNode, BIN};
 
 const MIN: Duration = Duration::from_secs(60);
 
@@ -146,7 +144,7 @@ fn only_key_holders_join_a_private_mesh() {
         std::thread::sleep(Duration::from_millis(250));
     }
     let tmpd = tempfile::tempdir().expect("tempdir");
-    let file = common::write_dag(
+    let file = crate::common::write_dag(
         tmpd.path(),
         "one.yaml",
         "name: one\ntasks:\n  - {id: a, module: echo.wasm, inputs: [private]}\n",

@@ -3,14 +3,12 @@
 //! bridge and veth pairs are created by testnet/testnet.sh --netns and removed afterwards;
 //! nothing touches the host's own interfaces.
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::common::{repo, run_bounded, BIN};
 use bx3_protocol::api::StatusView;
-use common::{repo, run_bounded, BIN};
 
 struct Testnet {
     dir: tempfile::TempDir,
@@ -78,6 +76,7 @@ fn netns_available() -> bool {
 /// --peer: they find each other, agree on one controller, and run a DAG together.
 #[test]
 fn three_nodes_find_each_other_by_mdns_alone() {
+    let _heavy = crate::common::heavy();
     if !netns_available() {
         eprintln!("skipped: network namespaces need root and iproute2");
         return;
@@ -144,6 +143,7 @@ fn three_nodes_find_each_other_by_mdns_alone() {
 /// readable from every node.
 #[test]
 fn partition_and_heal_keeps_both_sides_work() {
+    let _heavy = crate::common::heavy();
     if !netns_available() {
         eprintln!("skipped: network namespaces need root and iproute2");
         return;
@@ -251,6 +251,7 @@ fn partition_and_heal_keeps_both_sides_work() {
 /// them by mDNS but never completes a connection, and they never list it.
 #[test]
 fn keyed_nodes_form_a_mesh_by_mdns_and_strangers_stay_out() {
+    let _heavy = crate::common::heavy();
     if !netns_available() {
         eprintln!("skipped: network namespaces need root and iproute2");
         return;

@@ -1,15 +1,12 @@
 //! Durable leadership on three real nodes (127.0.0.1, `--no-mdns`): DAG state is replicated,
 //! a new controller resumes the work of a dead one, and a full restart loses nothing.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::{write_dag, Mesh};
 use bx3_protocol::api::{DagState, DagView, TaskState};
-use common::{write_dag, Mesh};
 
-#[path = "../../wasm_modules/src/kernels/cpu.rs"]
-mod cpu;
+use crate::common::cpu;
 
 const MIN: Duration = Duration::from_secs(60);
 const ROUNDS: u64 = 250_000_000;
@@ -66,6 +63,7 @@ fn ready_mesh() -> (Mesh, String) {
 /// both times a new controller resumes from its replica and the DAG completes correctly.
 #[test]
 fn killing_the_controller_mid_dag_loses_nothing() {
+    let _heavy = crate::common::heavy();
     for late in [false, true] {
         let (mut mesh, leader) = ready_mesh();
         let li = mesh.index_of(&leader);
@@ -124,6 +122,7 @@ fn killing_the_controller_mid_dag_loses_nothing() {
 /// controller right after the acknowledgement does not lose the DAG.
 #[test]
 fn acknowledged_dag_survives_the_controller_dying_right_after() {
+    let _heavy = crate::common::heavy();
     let (mut mesh, leader) = ready_mesh();
     let li = mesh.index_of(&leader);
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -142,6 +141,7 @@ fn acknowledged_dag_survives_the_controller_dying_right_after() {
 /// controller, and finishes the DAG without re-running tasks that had finished.
 #[test]
 fn full_restart_finishes_without_rerunning_finished_tasks() {
+    let _heavy = crate::common::heavy();
     let (mut mesh, leader) = ready_mesh();
     let li = mesh.index_of(&leader);
     let tmp = tempfile::tempdir().expect("tempdir");

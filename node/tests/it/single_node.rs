@@ -1,12 +1,10 @@
 //! One real `bx3-node` process (127.0.0.1, `--no-mdns`) running DAGs end to end through the
 //! CLI, as a user would.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::{repo, write_dag, TestNode};
 use bx3_protocol::api::{DagState, TaskState};
-use common::{repo, write_dag, TestNode};
 
 const MIN: Duration = Duration::from_secs(60);
 
@@ -374,9 +372,9 @@ fn bad_input_is_refused_with_exit_2() {
 #[test]
 fn data_dir_lock_and_unreachable_node() {
     let node = TestNode::start(1);
-    let out = common::run_bounded(
+    let out = crate::common::run_bounded(
         {
-            let mut c = std::process::Command::new(common::BIN);
+            let mut c = std::process::Command::new(crate::common::BIN);
             c.args(["run", "--no-mdns", "--api", "127.0.0.1:0", "--data-dir"])
                 .arg(node.data_dir());
             c
@@ -387,9 +385,9 @@ fn data_dir_lock_and_unreachable_node() {
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(err.contains("in use by another bx3-node"), "{err}");
 
-    let out = common::run_bounded(
+    let out = crate::common::run_bounded(
         {
-            let mut c = std::process::Command::new(common::BIN);
+            let mut c = std::process::Command::new(crate::common::BIN);
             c.args(["status", "--api", "http://127.0.0.1:1"]);
             c
         },

@@ -1,19 +1,18 @@
 //! Three real nodes on 127.0.0.1 (`--no-mdns`, explicit `--peer`): one controller, DAGs spread
 //! over every node's executors, submit and read anywhere, lost workers' tasks re-run.
 
-mod common;
-
 use std::collections::HashSet;
 use std::time::Duration;
 
+use crate::common::{write_dag, Mesh};
 use bx3_protocol::api::{DagState, TaskState};
-use common::{write_dag, Mesh};
 
 const MIN: Duration = Duration::from_secs(60);
 
 /// Three nodes agree on one controller, and each sees the other two with their executors.
 #[test]
 fn three_nodes_converge_on_one_leader() {
+    let _heavy = crate::common::heavy();
     let mesh = Mesh::start(3, 2);
     let leader = mesh.wait_leader(MIN);
     for node in &mesh.nodes {
@@ -29,6 +28,7 @@ fn three_nodes_converge_on_one_leader() {
 /// modules that only the submitter had; every node shows its result.
 #[test]
 fn dag_submitted_at_a_follower_spreads_over_the_mesh() {
+    let _heavy = crate::common::heavy();
     let mesh = Mesh::start(3, 2);
     let leader = mesh.wait_leader(MIN);
     for n in &mesh.nodes {
@@ -71,7 +71,7 @@ fn dag_submitted_at_a_follower_spreads_over_the_mesh() {
         .all(|t| t.state == TaskState::Succeeded && t.attempts == 1));
 
     // Same computation alone on one node gives the same checksums.
-    let single = common::TestNode::start(2);
+    let single = crate::common::TestNode::start(2);
     let (code, alone) = single.submit_wait(&file, MIN);
     assert_eq!(code, 0);
     assert_eq!(alone.tasks["total"].output, dag.tasks["total"].output);
@@ -85,6 +85,7 @@ fn dag_submitted_at_a_follower_spreads_over_the_mesh() {
 /// Killing a worker in the middle of its task re-runs that task on another node.
 #[test]
 fn killing_a_worker_reruns_its_tasks_elsewhere() {
+    let _heavy = crate::common::heavy();
     let mut mesh = Mesh::start(3, 1);
     let leader = mesh.wait_leader(MIN);
     for n in &mesh.nodes {

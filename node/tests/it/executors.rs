@@ -1,12 +1,10 @@
 //! Executors on a real node: sized from RAM and re-sized while running, replaced when killed
 //! from outside, shared fairly between DAGs, and bounded in memory.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::{children_of, rss_kib, write_dag, TestNode};
 use bx3_protocol::api::{DagState, ExecutorLimit, TaskState};
-use common::{children_of, rss_kib, write_dag, TestNode};
 
 const MIN: Duration = Duration::from_secs(60);
 
@@ -14,6 +12,7 @@ const MIN: Duration = Duration::from_secs(60);
 /// running task (busy executors retire after their task).
 #[test]
 fn executor_count_follows_ram_and_shrinking_spares_running_tasks() {
+    let _heavy = crate::common::heavy();
     let tmp = tempfile::tempdir().expect("tempdir");
     let ram = tmp.path().join("ram");
     std::fs::write(&ram, "1024").expect("write");
@@ -65,6 +64,7 @@ fn executor_count_follows_ram_and_shrinking_spares_running_tasks() {
 /// the node carries on.
 #[test]
 fn executor_killed_from_outside_is_replaced_and_task_retried() {
+    let _heavy = crate::common::heavy();
     let node = TestNode::start(1);
     let tmp = tempfile::tempdir().expect("tempdir");
     let file = write_dag(
@@ -99,6 +99,7 @@ fn executor_killed_from_outside_is_replaced_and_task_retried() {
 /// A small DAG submitted behind a large one does not wait for the large one to drain.
 #[test]
 fn small_dag_is_not_starved_by_a_large_one() {
+    let _heavy = crate::common::heavy();
     let node = TestNode::start(2);
     let tmp = tempfile::tempdir().expect("tempdir");
     let mut big = String::from("name: big\ntasks:\n");
@@ -134,6 +135,7 @@ fn small_dag_is_not_starved_by_a_large_one() {
 /// small (the bomb lives and dies in an executor process).
 #[test]
 fn memory_bomb_is_contained() {
+    let _heavy = crate::common::heavy();
     let node = TestNode::start(1);
     let tmp = tempfile::tempdir().expect("tempdir");
     let file = write_dag(
@@ -169,6 +171,7 @@ fn nice_of(pid: u32) -> Option<i64> {
 /// priority (nice +10) than the node, so the node stays responsive when every core is busy.
 #[test]
 fn executors_are_cpu_bound_by_default_and_run_below_the_node() {
+    let _heavy = crate::common::heavy();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
     let node = TestNode::start_with(&[]);
     let s = node.status();

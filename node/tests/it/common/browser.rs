@@ -1,7 +1,6 @@
 //! Headless Chromium driven over the DevTools protocol (a websocket on 127.0.0.1), for tests
 //! that look at the dashboard as a person would: read the page's visible text, click its
 //! buttons, take screenshots. Every wait is bounded; the browser is stopped by pid.
-#![allow(dead_code)]
 
 use std::net::TcpStream;
 use std::path::PathBuf;

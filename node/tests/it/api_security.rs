@@ -6,13 +6,11 @@
 //! Requests are written by hand on a TCP socket to 127.0.0.1, so every header is exactly what
 //! a hostile page would send.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 /// Sends one HTTP/1.1 request to the node's API; returns (status, body).
 fn http(

@@ -2,14 +2,12 @@
 //! compiled outside the node's process, a module that needs too much CPU is stopped by its
 //! own limit, and the node process pays neither the CPU nor the memory.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::*;
 use bx3_node::executor::compile::{CompileError, Compiler, Limits};
 use bx3_node::store::modules::sha256_hex;
-use common::*;
 
 fn compiler(dir: &std::path::Path, limits: Limits) -> Compiler {
     Compiler::new(Some(BIN.into()), dir.join("compiled"), 1, limits)

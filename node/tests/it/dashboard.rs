@@ -2,26 +2,15 @@
 //! a person, a Prometheus server and a script see them. The browser tests need Chromium
 //! (`.ci/run` installs Debian's `chromium`); without it they print why and skip.
 
-#[path = "common/browser.rs"]
-mod browser;
-mod common;
-
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
+use crate::common::browser;
+use crate::common::{repo, write_dag, Mesh, TestNode};
 use bx3_protocol::api::{DagState, DagView, TaskState};
-use common::{repo, write_dag, Mesh, TestNode};
 
 const MIN: Duration = Duration::from_secs(60);
-
-/// The tests of this file run one at a time: each starts a mesh, two start a browser, and
-/// together on two cores they would starve the nodes they are looking at.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// `GET path` on a node's API over plain HTTP/1.1: (status, content type, body).
 fn http_get(api: &str, path: &str) -> (u16, String, String) {
@@ -209,7 +198,7 @@ fn wait_metrics(
 /// the mesh moved.
 #[test]
 fn metrics_parse_and_counters_move_as_a_dag_runs() {
-    let _one = one_at_a_time();
+    let _heavy = crate::common::heavy();
     let mesh = Mesh::start(2, 2);
     let leader = mesh.wait_leader(MIN);
     let ctl = &mesh.nodes[mesh.index_of(&leader)];
@@ -357,7 +346,7 @@ tasks:
 /// are refused with 400.
 #[test]
 fn task_pages_window_and_filter_a_dag() {
-    let _one = one_at_a_time();
+    let _heavy = crate::common::heavy();
     let mesh = Mesh::start(2, 2);
     let leader = mesh.wait_leader(MIN);
     let follower = &mesh.nodes[1 - mesh.index_of(&leader)];
@@ -435,11 +424,11 @@ fn task_pages_window_and_filter_a_dag() {
 /// states, a task's output; and its own Cancel control cancels a running DAG.
 #[test]
 fn dashboard_in_a_browser_shows_the_mesh_and_cancels_a_dag() {
+    let _heavy = crate::common::heavy();
     let Some(exe) = browser::chromium() else {
         eprintln!("SKIPPED: no chromium on PATH (set BX3_CHROMIUM or install Debian's chromium; .ci/run does)");
         return;
     };
-    let _one = one_at_a_time();
     let mesh = Mesh::start(2, 2);
     let leader = mesh.wait_leader(MIN);
     let follower = &mesh.nodes[1 - mesh.index_of(&leader)];
@@ -539,11 +528,11 @@ tasks:
 /// committed `docs/*.png` when `BX3_UPDATE_SCREENSHOTS=1`.
 #[test]
 fn dashboard_screenshots_of_a_three_node_mesh_mid_dag() {
+    let _heavy = crate::common::heavy();
     let Some(exe) = browser::chromium() else {
         eprintln!("SKIPPED: no chromium on PATH (set BX3_CHROMIUM or install Debian's chromium; .ci/run does)");
         return;
     };
-    let _one = one_at_a_time();
     let mesh = Mesh::start(3, 2);
     let leader = mesh.wait_leader(MIN);
     let node = &mesh.nodes[mesh.index_of(&leader)];
@@ -702,11 +691,11 @@ impl Drop for TokenNode {
 /// with every API request from then on.
 #[test]
 fn dashboard_asks_for_the_api_token_and_keeps_it_for_the_session() {
+    let _heavy = crate::common::heavy();
     let Some(exe) = browser::chromium() else {
         eprintln!("SKIPPED: no chromium on PATH (set BX3_CHROMIUM or install Debian's chromium; .ci/run does)");
         return;
     };
-    let _one = one_at_a_time();
     let status = serde_json::json!({
         "peer_id": "12D3KooWTokenNodeTokenNodeTokenNodeTokenNode1",
         "leader": "12D3KooWTokenNodeTokenNodeTokenNodeTokenNode1",

@@ -2,13 +2,11 @@
 //! papercuts of issue 15 (each test names the one it covers). Nodes run on 127.0.0.1 with
 //! `--no-mdns`; every wait is bounded; every process is stopped by pid.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::{repo, run_bounded, wasm_modules, BIN};
+use crate::common::{repo, run_bounded, wasm_modules, BIN};
 
 const MIN: Duration = Duration::from_secs(60);
 
@@ -267,7 +265,7 @@ fn client_errors_are_short_and_json_when_asked() {
 /// errors from the node are JSON; a port in use is said once.
 #[test]
 fn submit_papercuts_on_a_node() {
-    let node = common::TestNode::start(2);
+    let node = crate::common::TestNode::start(2);
     let api = node.api.clone();
     let tmp = tempfile::tempdir().expect("tempdir");
 
@@ -287,7 +285,7 @@ fn submit_papercuts_on_a_node() {
 
     // A module that is not wasm: one line naming the file, no byte dump.
     std::fs::write(tmp.path().join("fake.wasm"), b"#!/bin/sh\necho hi\n").expect("write");
-    let fake = common::write_dag(
+    let fake = crate::common::write_dag(
         tmp.path(),
         "fake.yaml",
         "name: t\ntasks:\n  - {id: a, module: fake.wasm}\n",
@@ -353,7 +351,7 @@ fn submit_papercuts_on_a_node() {
 /// and shows peer addresses.
 #[test]
 fn id_prefixes_and_status_on_a_mesh() {
-    let mesh = common::Mesh::start(2, 1);
+    let mesh = crate::common::Mesh::start(2, 1);
     let leader = mesh.wait_leader(MIN);
     let hello = repo().join("dags/hello_fanout.yaml");
     let a = mesh.nodes[0].submit(&hello);
@@ -416,9 +414,9 @@ fn id_prefixes_and_status_on_a_mesh() {
 fn ctrl_c_during_wait_leaves_the_dag_running() {
     use std::io::BufRead;
     use std::process::Stdio;
-    let node = common::TestNode::start(1);
+    let node = crate::common::TestNode::start(1);
     let tmp = tempfile::tempdir().expect("tempdir");
-    let slow = common::write_dag(
+    let slow = crate::common::write_dag(
         tmp.path(),
         "slow.yaml",
         "name: slow\ntasks:\n  - {id: spin, module: loop_forever.wasm, timeout: 2m, retries: 0}\n",
@@ -493,7 +491,7 @@ fn ctrl_c_during_wait_leaves_the_dag_running() {
 #[test]
 fn example_tasks_run_the_same_in_a_dag_and_through_exec() {
     use bx3_protocol::dag::parse_dag;
-    let node = common::TestNode::start(2);
+    let node = crate::common::TestNode::start(2);
     let cache = tempfile::tempdir().expect("tempdir");
     let examples = repo().join("examples/tasks");
     let mut modules_seen = std::collections::BTreeSet::new();
@@ -594,7 +592,7 @@ fn testnet_commands_on_loopback() {
     // Three consecutive free ports for the APIs and three for libp2p, not overlapping.
     let three_free = |avoid: Option<u16>| -> u16 {
         for _ in 0..200 {
-            let p = common::free_port();
+            let p = crate::common::free_port();
             let clear = avoid.is_none_or(|a| p + 2 < a || p > a + 2);
             if p < 60000
                 && clear

@@ -13,14 +13,12 @@
 //! Costs are read from /proc: the node's CPU time (user + system, immune to a busy machine)
 //! and its peak resident memory (VmHWM). No wall-clock timing is asserted.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
+use crate::common::*;
 use bx3_protocol::api::{DagState, TaskState};
-use common::*;
 
 const MIN: Duration = Duration::from_secs(60);
 
