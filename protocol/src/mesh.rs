@@ -415,7 +415,9 @@ pub enum Request {
         term: NodeTerm,
         prev: u64,
         snapshot: bool,
-        batches: Vec<Batch>,
+        /// Shared, not copied: the controller sends the same batches to every follower
+        /// (`Arc` encodes as the batch itself; the bytes are unchanged).
+        batches: Vec<std::sync::Arc<Batch>>,
     },
     /// A node that starts following a controller says which DAGs it holds, so the controller
     /// can pull what it lacks (after a partition heals, or a full restart).

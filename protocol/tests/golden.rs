@@ -208,10 +208,10 @@ fn requests() -> Vec<(&'static str, Request)> {
                 term: term(),
                 prev: 4,
                 snapshot: false,
-                batches: vec![Batch {
+                batches: vec![std::sync::Arc::new(Batch {
                     seq: 5,
                     dags: vec![delta()],
-                }],
+                })],
             },
         ),
         (

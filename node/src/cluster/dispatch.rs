@@ -2,6 +2,8 @@
 //! which attempt, how many jobs each has in flight, and what happens when an assignment is
 //! refused or a node is lost; and the choice of node for each ready task.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::collections::{HashMap, HashSet};
 
 use bx3_protocol::ids::{DagId, NodeId};
@@ -108,36 +110,69 @@ pub struct Slot {
 
 /// Hands ready tasks to free slots, least busy node first (by fraction in use, ties by id),
 /// so load spreads over the mesh instead of filling one node before the next. A task that
-/// asks more memory than a node's executors have never goes there.
-pub fn plan(planner: &mut Planner, mut slots: Vec<Slot>, now_ms: u64) -> Vec<(NodeId, Assignment)> {
+/// asks more memory than a node's executors have never goes there. O(log N) per task: the
+/// nodes wait in a heap ordered by how busy they are.
+pub fn plan(planner: &mut Planner, slots: Vec<Slot>, now_ms: u64) -> Vec<(NodeId, Assignment)> {
     let mut out = Vec::new();
-    while let Some(i) = least_busy(&slots) {
-        let slot = &slots[i];
+    if !planner.has_ready() {
+        return out;
+    }
+    let mut heap: BinaryHeap<Reverse<Busy>> = slots
+        .into_iter()
+        .filter(|s| s.free > 0 && s.total > 0)
+        .map(|slot| Reverse(Busy(slot)))
+        .collect();
+    while let Some(Reverse(Busy(mut slot))) = heap.pop() {
         let size = slot.executor_mb;
-        let node = slot.node.clone();
-        match planner.next_assignment(&node, now_ms, |t| t.memory_mb.is_none_or(|m| m <= size)) {
+        match planner.next_assignment(&slot.node, now_ms, |t| {
+            t.memory_mb.is_none_or(|m| m <= size)
+        }) {
             Some(a) => {
-                slots[i].free -= 1;
-                out.push((node, a));
+                out.push((slot.node.clone(), a));
+                slot.free -= 1;
+                if slot.free > 0 {
+                    heap.push(Reverse(Busy(slot)));
+                }
             }
-            // Nothing ready fits this node: the others may still take something.
-            None => slots[i].free = 0,
+            // Nothing ready fits this node: the others may still take something, unless
+            // nothing at all is ready any more.
+            None if planner.has_ready() => {}
+            None => break,
         }
     }
     out
 }
 
-/// Index of the node with free slots and the smallest fraction of them in use (ties by id,
-/// so the choice is deterministic).
-fn least_busy(slots: &[Slot]) -> Option<usize> {
-    slots
-        .iter()
-        .enumerate()
-        .filter(|(_, s)| s.free > 0 && s.total > 0)
-        .min_by(|(_, a), (_, b)| {
-            let fa = (a.total - a.free) as f64 / a.total as f64;
-            let fb = (b.total - b.free) as f64 / b.total as f64;
-            fa.total_cmp(&fb).then_with(|| a.node.cmp(&b.node))
-        })
-        .map(|(i, _)| i)
+/// A slot ordered by the fraction of it in use (compared exactly, as `used_a * total_b`
+/// against `used_b * total_a`), then by node id, so the choice is deterministic.
+struct Busy(Slot);
+
+impl Busy {
+    fn key(&self) -> (u128, u128) {
+        let s = &self.0;
+        ((s.total - s.free) as u128, s.total as u128)
+    }
 }
+
+impl Ord for Busy {
+    fn cmp(&self, other: &Busy) -> std::cmp::Ordering {
+        let ((ua, ta), (ub, tb)) = (self.key(), other.key());
+        (ua * tb)
+            .cmp(&(ub * ta))
+            .then_with(|| self.0.node.cmp(&other.0.node))
+    }
+}
+
+impl PartialOrd for Busy {
+    fn partial_cmp(&self, other: &Busy) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Busy {
+    fn eq(&self, other: &Busy) -> bool {
+        self.cmp(other) == std::cmp::Ordering::Equal
+    }
+}
+
+impl Eq for Busy {}

@@ -203,6 +203,9 @@ impl Core {
         };
         // Free slots per node: this node's free executors, and each announced peer's total
         // minus what we have in flight there.
+        if !lead.planner.has_ready() {
+            return;
+        }
         let mut slots = vec![Slot {
             node: self.cfg.me.clone(),
             free: self.worker.free(),
@@ -391,10 +394,13 @@ impl Core {
         let requests = lead.repl.requests(
             &self.out.view(reads),
             &lead.planner,
-            &term,
+            replication::Round {
+                term: &term,
+                current: self.pos.seq,
+                now_ms: self.now.mono_ms,
+            },
             members,
             &waiting,
-            self.pos.seq,
         )?;
         for (node, req) in requests {
             let token = self.out.send(node.clone(), req);

@@ -354,6 +354,10 @@ impl Core {
         match input {
             Input::Tick => self.tick(reads)?,
             Input::Connected(peer) => {
+                // A follower that was out of reach is worth a try again at once.
+                if let Some(lead) = &mut self.lead {
+                    lead.repl.reachable(&peer);
+                }
                 if self.connected.len() < members::MAX_MEMBERS {
                     self.connected.insert(peer);
                 }
@@ -908,7 +912,7 @@ impl Core {
         term: election::Term<NodeId>,
         prev: u64,
         snapshot: bool,
-        batches: Vec<bx3_protocol::mesh::Batch>,
+        batches: Vec<Arc<bx3_protocol::mesh::Batch>>,
         reads: &dyn Reads,
     ) -> Result<(), StoreError> {
         if let Err(e) = self.entitled(&from, &term) {
@@ -1026,8 +1030,12 @@ impl Core {
             Pending::Replicate { node } => {
                 let current = self.pos.seq;
                 let acked = self.lead.as_mut().and_then(|lead| {
-                    lead.repl
-                        .answer(&node, answer.as_ref().map_err(String::as_str), current)
+                    lead.repl.answer(
+                        &node,
+                        answer.as_ref().map_err(String::as_str),
+                        current,
+                        self.now.mono_ms,
+                    )
                 });
                 if let Some(seq) = acked {
                     for (asker, id) in self.pending_acks.release_seq(seq) {

@@ -194,6 +194,11 @@ impl Planner {
         }
     }
 
+    /// Whether any DAG has a task ready to hand out (cheap: the round-robin queue).
+    pub fn has_ready(&self) -> bool {
+        !self.rr.is_empty()
+    }
+
     /// Tasks ready to run, waiting for an executor (the controller's queue depth).
     pub fn ready_len(&self) -> usize {
         self.runs.values().map(|r| r.ready.len()).sum()

@@ -45,7 +45,25 @@ struct Follower {
     in_flight_snapshot: bool,
     /// Send everything active instead of a range (new follower, or it fell out of the window).
     snapshot: bool,
+    /// The last request failed on the way (no connection, a timeout): not before this
+    /// (monotonic ms), doubling from `RETRY_MIN_MS` to `RETRY_MAX_MS` while it keeps failing,
+    /// so an unreachable member costs no snapshot build per step.
+    retry_at_ms: u64,
+    retry_ms: u64,
 }
+
+/// What a round of replication sends under: the controller's term, the last batch made, and
+/// the monotonic clock (for followers in backoff).
+#[derive(Debug, Clone, Copy)]
+pub struct Round<'a> {
+    pub term: &'a NodeTerm,
+    pub current: u64,
+    pub now_ms: u64,
+}
+
+/// Backoff for a follower whose Replicate failed on the way.
+const RETRY_MIN_MS: u64 = 200;
+const RETRY_MAX_MS: u64 = 5_000;
 
 /// The controller's side of replication: the recent log and each follower's progress. Made
 /// when a node becomes the controller, dropped when it stops being one.
@@ -88,6 +106,14 @@ impl Leader {
     /// DAGs merged from a peer go out whole in the next batch.
     pub fn merged(&mut self, ids: impl IntoIterator<Item = DagId>) {
         self.full_next.extend(ids);
+    }
+
+    /// A connection to `id` opened: a follower in backoff after failed sends is tried again
+    /// on the next round.
+    pub fn reachable(&mut self, id: &NodeId) {
+        if let Some(f) = self.followers.get_mut(id) {
+            f.retry_at_ms = 0;
+        }
     }
 
     /// A follower should get a full snapshot next (e.g. it was merged from).
@@ -164,16 +190,21 @@ impl Leader {
         &mut self,
         reads: &dyn Reads,
         planner: &Planner,
-        term: &NodeTerm,
+        round: Round<'_>,
         mut members: Vec<NodeId>,
         waiting: &[DagId],
-        current: u64,
     ) -> Result<Vec<(NodeId, Request)>, StoreError> {
+        let Round {
+            term,
+            current,
+            now_ms,
+        } = round;
         members.sort();
         let present: HashSet<&NodeId> = members.iter().collect();
         self.followers.retain(|id, _| present.contains(id));
         let mut out = Vec::new();
-        let mut full: Option<Batch> = None;
+        // One snapshot for all the followers that need one; batches are shared, not copied.
+        let mut full: Option<Arc<Batch>> = None;
         for id in members {
             let f = self
                 .followers
@@ -182,7 +213,7 @@ impl Leader {
                     snapshot: true,
                     ..Follower::default()
                 });
-            if f.in_flight || (f.acked >= current && !f.snapshot) {
+            if f.in_flight || (f.acked >= current && !f.snapshot) || now_ms < f.retry_at_ms {
                 continue;
             }
             let (acked, needs_snapshot) = (f.acked, f.snapshot);
@@ -190,21 +221,21 @@ impl Leader {
             f.in_flight_snapshot = false;
             let window_start = self.log.front().map(|b| b.seq).unwrap_or(u64::MAX);
             let (snapshot, prev, batches) = if !needs_snapshot && acked + 1 >= window_start {
-                let batches: Vec<Batch> = self
+                let batches: Vec<Arc<Batch>> = self
                     .log
                     .iter()
                     .filter(|b| b.seq > acked)
                     .take(BATCHES_PER_SEND)
-                    .map(|b| (**b).clone())
+                    .map(Arc::clone)
                     .collect();
                 (false, acked, batches)
             } else {
                 let snap = match &full {
-                    Some(b) => b.clone(),
+                    Some(b) => Arc::clone(b),
                     None => {
                         let extra = self.recent_finished.iter().chain(waiting);
-                        let b = snapshot(reads, planner, current, extra)?;
-                        full = Some(b.clone());
+                        let b = Arc::new(snapshot(reads, planner, current, extra)?);
+                        full = Some(Arc::clone(&b));
                         b
                     }
                 };
@@ -233,11 +264,19 @@ impl Leader {
         node: &NodeId,
         answer: Result<&Response, &str>,
         current: u64,
+        now_ms: u64,
     ) -> Option<u64> {
         let window_start = self.log.front().map(|b| b.seq).unwrap_or(u64::MAX);
         let f = self.followers.get_mut(node)?;
         f.in_flight = false;
         let was_snapshot = std::mem::take(&mut f.in_flight_snapshot);
+        if answer.is_err() {
+            f.retry_ms = (f.retry_ms * 2).clamp(RETRY_MIN_MS, RETRY_MAX_MS);
+            f.retry_at_ms = now_ms.saturating_add(f.retry_ms);
+        } else {
+            f.retry_ms = 0;
+            f.retry_at_ms = 0;
+        }
         match answer {
             Ok(Response::Replicated { seq }) => {
                 // A follower cannot hold more than we made.
@@ -269,7 +308,7 @@ impl Leader {
 /// Whether a Replicate request must be on disk before it is answered. The answer lets the
 /// controller acknowledge submissions, so a range that brings a DAG new to this node (its
 /// spec) or a snapshot must; other ranges are flushed on the next tick.
-pub fn must_flush_before_answer(snapshot: bool, batches: &[Batch]) -> bool {
+pub fn must_flush_before_answer(snapshot: bool, batches: &[Arc<Batch>]) -> bool {
     snapshot
         || batches
             .iter()
@@ -615,14 +654,24 @@ mod tests {
         let f: NodeId = "f".parse().expect("id");
         // First contact: a snapshot.
         let reqs = lead
-            .requests(&reads, &planner, &term, vec![f.clone()], &[], 0)
+            .requests(
+                &reads,
+                &planner,
+                Round {
+                    term: &term,
+                    current: 0,
+                    now_ms: 0,
+                },
+                vec![f.clone()],
+                &[],
+            )
             .expect("requests");
         assert!(matches!(
             reqs[0].1,
             Request::Replicate { snapshot: true, .. }
         ));
         assert_eq!(
-            lead.answer(&f, Ok(&Response::Replicated { seq: 0 }), 0),
+            lead.answer(&f, Ok(&Response::Replicated { seq: 0 }), 0, 0),
             Some(0)
         );
         // A batch goes out as a range...
@@ -631,7 +680,17 @@ mod tests {
             dags: Vec::new(),
         }));
         let reqs = lead
-            .requests(&reads, &planner, &term, vec![f.clone()], &[], 1)
+            .requests(
+                &reads,
+                &planner,
+                Round {
+                    term: &term,
+                    current: 1,
+                    now_ms: 0,
+                },
+                vec![f.clone()],
+                &[],
+            )
             .expect("requests");
         assert!(matches!(
             reqs[0].1,
@@ -643,11 +702,21 @@ mod tests {
         // ...a merge asks for a snapshot meanwhile; the range's answer must not cancel it.
         lead.resnapshot(&f);
         assert_eq!(
-            lead.answer(&f, Ok(&Response::Replicated { seq: 1 }), 1),
+            lead.answer(&f, Ok(&Response::Replicated { seq: 1 }), 1, 0),
             Some(1)
         );
         let reqs = lead
-            .requests(&reads, &planner, &term, vec![f.clone()], &[], 1)
+            .requests(
+                &reads,
+                &planner,
+                Round {
+                    term: &term,
+                    current: 1,
+                    now_ms: 0,
+                },
+                vec![f.clone()],
+                &[],
+            )
             .expect("requests");
         assert!(matches!(
             reqs[0].1,
@@ -655,8 +724,65 @@ mod tests {
         ));
         // A follower claiming more than was made is believed only up to what was made.
         assert_eq!(
-            lead.answer(&f, Ok(&Response::Replicated { seq: 1_000_000 }), 1),
+            lead.answer(&f, Ok(&Response::Replicated { seq: 1_000_000 }), 1, 0),
             Some(1)
+        );
+    }
+
+    /// A follower whose requests fail on the way (unreachable) is tried again after a
+    /// backoff that doubles up to 5 s, not every step (each try of a new follower builds a
+    /// snapshot); a new connection to it ends the wait.
+    #[test]
+    fn an_unreachable_follower_backs_off_until_it_connects() {
+        let store = crate::store::Store::temporary().expect("store");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let modules = crate::store::ModuleStore::open(dir.path().join("m")).expect("modules");
+        let reads = super::super::records::NodeReads {
+            store: &store,
+            modules: &modules,
+        };
+        let planner = Planner::new();
+        let term = NodeTerm {
+            epoch: 1,
+            candidate: "me".parse().expect("id"),
+        };
+        let mut lead = Leader::default();
+        let f: NodeId = "f".parse().expect("id");
+        let send = |lead: &mut Leader, now: u64| {
+            lead.requests(
+                &reads,
+                &planner,
+                Round {
+                    term: &term,
+                    current: 0,
+                    now_ms: now,
+                },
+                vec![f.clone()],
+                &[],
+            )
+            .expect("requests")
+            .len()
+        };
+        let mut now = 1_000;
+        assert_eq!(send(&mut lead, now), 1, "first contact");
+        assert_eq!(lead.answer(&f, Err("no connection"), 0, now), None);
+        let mut waits = Vec::new();
+        let mut last = now;
+        for _ in 0..7 {
+            while send(&mut lead, now) == 0 {
+                now += 100;
+            }
+            waits.push(now - last);
+            assert_eq!(lead.answer(&f, Err("no connection"), 0, now), None);
+            last = now;
+        }
+        assert_eq!(waits, [200, 400, 800, 1_600, 3_200, 5_000, 5_000]);
+        // It connects: tried at once.
+        lead.reachable(&f);
+        assert_eq!(send(&mut lead, now), 1);
+        assert_eq!(
+            lead.answer(&f, Ok(&Response::Replicated { seq: 0 }), 0, now),
+            Some(0)
         );
     }
 }

@@ -236,10 +236,10 @@ fn a_hostile_member_changes_nothing() {
                 term,
                 prev: 0,
                 snapshot: true,
-                batches: vec![Batch {
+                batches: vec![Arc::new(Batch {
                     seq: u64::MAX,
                     dags: vec![delta.clone()],
-                }],
+                })],
             },
         );
         assert!(refused(&resp).is_some(), "{resp:?}");
