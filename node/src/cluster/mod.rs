@@ -1029,12 +1029,14 @@ impl Core {
             }
             Pending::Replicate { node } => {
                 let current = self.pos.seq;
+                let unreachable_at = (answer.is_err() && !self.connected.contains(&node))
+                    .then_some(self.now.mono_ms);
                 let acked = self.lead.as_mut().and_then(|lead| {
                     lead.repl.answer(
                         &node,
                         answer.as_ref().map_err(String::as_str),
                         current,
-                        self.now.mono_ms,
+                        unreachable_at,
                     )
                 });
                 if let Some(seq) = acked {

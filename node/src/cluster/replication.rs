@@ -45,9 +45,9 @@ struct Follower {
     in_flight_snapshot: bool,
     /// Send everything active instead of a range (new follower, or it fell out of the window).
     snapshot: bool,
-    /// The last request failed on the way (no connection, a timeout): not before this
-    /// (monotonic ms), doubling from `RETRY_MIN_MS` to `RETRY_MAX_MS` while it keeps failing,
-    /// so an unreachable member costs no snapshot build per step.
+    /// The last request failed and the follower is out of reach (no connection): not
+    /// before this (monotonic ms), doubling from `RETRY_MIN_MS` to `RETRY_MAX_MS` while it
+    /// keeps failing, so an unreachable member costs no snapshot build per step.
     retry_at_ms: u64,
     retry_ms: u64,
 }
@@ -258,24 +258,30 @@ impl Leader {
     }
 
     /// A follower answered (or the request failed). Returns the sequence number it now
-    /// holds when it confirmed a copy.
+    /// holds when it confirmed a copy. `unreachable_at`: the request failed and this node
+    /// has no connection to the follower (the time, for the backoff); a request that failed
+    /// on a live connection is sent again on the next round, as before.
     pub fn answer(
         &mut self,
         node: &NodeId,
         answer: Result<&Response, &str>,
         current: u64,
-        now_ms: u64,
+        unreachable_at: Option<u64>,
     ) -> Option<u64> {
         let window_start = self.log.front().map(|b| b.seq).unwrap_or(u64::MAX);
         let f = self.followers.get_mut(node)?;
         f.in_flight = false;
         let was_snapshot = std::mem::take(&mut f.in_flight_snapshot);
-        if answer.is_err() {
-            f.retry_ms = (f.retry_ms * 2).clamp(RETRY_MIN_MS, RETRY_MAX_MS);
-            f.retry_at_ms = now_ms.saturating_add(f.retry_ms);
-        } else {
-            f.retry_ms = 0;
-            f.retry_at_ms = 0;
+        match (answer.is_err(), unreachable_at) {
+            (true, Some(now_ms)) => {
+                f.retry_ms = (f.retry_ms * 2).clamp(RETRY_MIN_MS, RETRY_MAX_MS);
+                f.retry_at_ms = now_ms.saturating_add(f.retry_ms);
+            }
+            (true, None) => {}
+            (false, _) => {
+                f.retry_ms = 0;
+                f.retry_at_ms = 0;
+            }
         }
         match answer {
             Ok(Response::Replicated { seq }) => {
@@ -671,7 +677,7 @@ mod tests {
             Request::Replicate { snapshot: true, .. }
         ));
         assert_eq!(
-            lead.answer(&f, Ok(&Response::Replicated { seq: 0 }), 0, 0),
+            lead.answer(&f, Ok(&Response::Replicated { seq: 0 }), 0, None),
             Some(0)
         );
         // A batch goes out as a range...
@@ -702,7 +708,7 @@ mod tests {
         // ...a merge asks for a snapshot meanwhile; the range's answer must not cancel it.
         lead.resnapshot(&f);
         assert_eq!(
-            lead.answer(&f, Ok(&Response::Replicated { seq: 1 }), 1, 0),
+            lead.answer(&f, Ok(&Response::Replicated { seq: 1 }), 1, None),
             Some(1)
         );
         let reqs = lead
@@ -724,7 +730,7 @@ mod tests {
         ));
         // A follower claiming more than was made is believed only up to what was made.
         assert_eq!(
-            lead.answer(&f, Ok(&Response::Replicated { seq: 1_000_000 }), 1, 0),
+            lead.answer(&f, Ok(&Response::Replicated { seq: 1_000_000 }), 1, None),
             Some(1)
         );
     }
@@ -765,7 +771,7 @@ mod tests {
         };
         let mut now = 1_000;
         assert_eq!(send(&mut lead, now), 1, "first contact");
-        assert_eq!(lead.answer(&f, Err("no connection"), 0, now), None);
+        assert_eq!(lead.answer(&f, Err("no connection"), 0, Some(now)), None);
         let mut waits = Vec::new();
         let mut last = now;
         for _ in 0..7 {
@@ -773,7 +779,7 @@ mod tests {
                 now += 100;
             }
             waits.push(now - last);
-            assert_eq!(lead.answer(&f, Err("no connection"), 0, now), None);
+            assert_eq!(lead.answer(&f, Err("no connection"), 0, Some(now)), None);
             last = now;
         }
         assert_eq!(waits, [200, 400, 800, 1_600, 3_200, 5_000, 5_000]);
@@ -781,7 +787,7 @@ mod tests {
         lead.reachable(&f);
         assert_eq!(send(&mut lead, now), 1);
         assert_eq!(
-            lead.answer(&f, Ok(&Response::Replicated { seq: 0 }), 0, now),
+            lead.answer(&f, Ok(&Response::Replicated { seq: 0 }), 0, None),
             Some(0)
         );
     }

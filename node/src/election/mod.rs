@@ -257,7 +257,7 @@ pub struct Election<Id> {
     /// Peers and the tick they were last heard.
     alive: BTreeMap<Id, u64>,
     /// The leader each peer last said it follows.
-    support: BTreeMap<Id, Id>,
+    support: BTreeMap<Id, Option<Id>>,
     /// No entry of `alive` expires before this tick.
     prune_at: u64,
 }
@@ -364,14 +364,7 @@ impl<Id: ElectionId> Election<Id> {
             Input::Supports { from, leader } => {
                 if from != self.me {
                     self.heard(from.clone());
-                    match leader {
-                        Some(l) => {
-                            self.support.insert(from, l);
-                        }
-                        None => {
-                            self.support.remove(&from);
-                        }
-                    }
+                    self.support.insert(from, leader);
                 }
             }
             Input::Receive { from, msg } => {
@@ -1028,9 +1021,15 @@ impl<Id: ElectionId> Election<Id> {
                 own.insert(&self.me);
                 // A leader knows who voted for it before their announcements say so: a
                 // stranger's lone heartbeat right after an election must not tie with it.
+                // A voter whose announcement names another leader, or none (it restarted,
+                // or moved on), no longer counts.
                 if *ours == self.me {
                     for v in &self.cert {
-                        if self.alive.contains_key(&v.voter) {
+                        let still = match self.support.get(&v.voter) {
+                            None => true,
+                            Some(leader) => leader.as_ref() == Some(&self.me),
+                        };
+                        if still && self.alive.contains_key(&v.voter) {
                             own.insert(&v.voter);
                         }
                     }
@@ -1048,7 +1047,7 @@ impl<Id: ElectionId> Election<Id> {
             out.insert(candidate);
         }
         for (peer, leader) in &self.support {
-            if leader == candidate && self.alive.contains_key(peer) {
+            if leader.as_ref() == Some(candidate) && self.alive.contains_key(peer) {
                 out.insert(peer);
             }
         }
