@@ -507,7 +507,9 @@ class Bench:
         deadline = time.time() + limit
         while time.time() < deadline:
             s = [n.status() for n in nodes]
-            if all(len(x["peers"]) == len(nodes) - 1 and all(p["executors"]["total"] > 0 for p in x["peers"]) for x in s):
+            # Peers that are down (a killed controller) stay listed a while, `alive: false`.
+            live = [[p for p in x["peers"] if p.get("alive", True)] for x in s]
+            if all(len(ps) == len(nodes) - 1 and all(p["executors"]["total"] > 0 for p in ps) for ps in live):
                 return
             time.sleep(0.05)
         raise RuntimeError("mesh did not form")

@@ -46,9 +46,9 @@ const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bound on TCP connect + noise + yamux negotiation, in both directions. libp2p sets none, so
 /// without it a peer that accepts TCP and then says nothing holds a pending connection forever.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often static peers are checked for a due redial (and duplicate connections for a due
-/// close).
-const TICK: Duration = Duration::from_millis(250);
+/// How often the network loop does its housekeeping (not the cluster core's 100 ms tick):
+/// static peers are checked for a due redial, duplicate connections for a due close.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(250);
 /// A duplicate connection is closed this long after it is noticed, so that the other end has
 /// established its side of the connection we keep before we close the other one (closing at
 /// once can leave the other end with no connection for a moment: a Disconnected/Connected
@@ -305,7 +305,7 @@ impl EventLoop {
 
     pub(super) async fn run(mut self) {
         info!(peer_id = %self.local_peer_id, "network started");
-        let mut tick = tokio::time::interval(TICK);
+        let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
