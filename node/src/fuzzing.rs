@@ -148,8 +148,8 @@ impl Reads for StoreReads<'_> {
     fn meta(&self, id: &DagId) -> Result<Option<DagMeta>, crate::store::StoreError> {
         self.0.meta(id)
     }
-    fn spec(&self, id: &DagId) -> Result<Option<SpecRecord>, crate::store::StoreError> {
-        self.0.spec(id)
+    fn spec(&self, id: &DagId) -> Result<Option<Arc<SpecRecord>>, crate::store::StoreError> {
+        self.0.spec_shared(id)
     }
     fn tasks(&self, id: &DagId, count: usize) -> Result<Vec<TaskRecord>, crate::store::StoreError> {
         self.0.tasks(id, count)

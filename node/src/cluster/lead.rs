@@ -64,7 +64,7 @@ impl Lead {
             };
             let tasks = reads.tasks(&id, spec.dag.tasks.len())?;
             left += tasks.iter().filter(|t| !t.state.is_terminal()).count();
-            self.planner.add(id, meta, Arc::new(spec), tasks, now_ms);
+            self.planner.add(id, meta, spec, tasks, now_ms);
         }
         if !ids.is_empty() {
             tracing::info!(
@@ -110,7 +110,7 @@ impl Core {
         }
         let existing = match lead.planner.run(&id) {
             Some(run) => Some(Arc::clone(&run.spec)),
-            None => self.out.view(reads).spec(&id)?.map(Arc::new),
+            None => self.out.view(reads).spec(&id)?,
         };
         if let Some(existing) = existing {
             if *existing == *spec {
@@ -439,8 +439,7 @@ impl Core {
             let active = lead.planner.evict(id).is_some();
             if active || !meta.state.is_terminal() {
                 let tasks = view.tasks(id, spec.dag.tasks.len())?;
-                lead.planner
-                    .add(*id, meta, Arc::new(spec), tasks, self.now.wall_ms);
+                lead.planner.add(*id, meta, spec, tasks, self.now.wall_ms);
                 resumed += 1;
             } else {
                 // Finished elsewhere: the snapshots carry it to every follower.

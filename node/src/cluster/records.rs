@@ -17,7 +17,7 @@ use crate::store::{DagMeta, SpecRecord, Store, StoreError, TaskRecord};
 /// What the core may read: stored DAG records and whether a module is on this node.
 pub trait Reads {
     fn meta(&self, id: &DagId) -> Result<Option<DagMeta>, StoreError>;
-    fn spec(&self, id: &DagId) -> Result<Option<SpecRecord>, StoreError>;
+    fn spec(&self, id: &DagId) -> Result<Option<Arc<SpecRecord>>, StoreError>;
     /// All `count` task records of a DAG, defaults for tasks never written.
     fn tasks(&self, id: &DagId, count: usize) -> Result<Vec<TaskRecord>, StoreError>;
     /// DAGs newest first, at most `limit`.
@@ -65,8 +65,8 @@ impl Reads for NodeReads<'_> {
     fn meta(&self, id: &DagId) -> Result<Option<DagMeta>, StoreError> {
         self.store.meta(id)
     }
-    fn spec(&self, id: &DagId) -> Result<Option<SpecRecord>, StoreError> {
-        self.store.spec(id)
+    fn spec(&self, id: &DagId) -> Result<Option<Arc<SpecRecord>>, StoreError> {
+        self.store.spec_shared(id)
     }
     fn tasks(&self, id: &DagId, count: usize) -> Result<Vec<TaskRecord>, StoreError> {
         self.store.tasks(id, count)
@@ -138,9 +138,9 @@ impl Reads for View<'_> {
         }
     }
 
-    fn spec(&self, id: &DagId) -> Result<Option<SpecRecord>, StoreError> {
+    fn spec(&self, id: &DagId) -> Result<Option<Arc<SpecRecord>>, StoreError> {
         match self.overlay.specs.get(id) {
-            Some(s) => Ok(Some((**s).clone())),
+            Some(s) => Ok(Some(Arc::clone(s))),
             None => self.base.spec(id),
         }
     }

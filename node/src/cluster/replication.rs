@@ -359,7 +359,7 @@ pub fn merge_deltas<'a>(
             std::collections::hash_map::Entry::Vacant(e) => {
                 out.dags.push(d.id);
                 e.insert(Acc {
-                    spec: reads.spec(&d.id)?.map(Arc::new),
+                    spec: reads.spec(&d.id)?,
                     new_spec: false,
                     meta: reads.meta(&d.id)?,
                     meta_changed: false,
@@ -540,7 +540,7 @@ pub fn full_delta(reads: &dyn Reads, id: &DagId) -> Result<Option<DagDelta>, Sto
     Ok(Some(DagDelta {
         id: *id,
         meta: (&meta).into(),
-        spec: Some((&spec).into()),
+        spec: Some(spec.as_ref().into()),
         tasks,
     }))
 }

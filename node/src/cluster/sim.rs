@@ -244,8 +244,8 @@ impl Reads for SimReads<'_> {
     fn meta(&self, id: &DagId) -> Result<Option<DagMeta>, StoreError> {
         Ok(self.mem.metas.get(id).cloned())
     }
-    fn spec(&self, id: &DagId) -> Result<Option<SpecRecord>, StoreError> {
-        Ok(self.mem.specs.get(id).map(|s| (**s).clone()))
+    fn spec(&self, id: &DagId) -> Result<Option<Arc<SpecRecord>>, StoreError> {
+        Ok(self.mem.specs.get(id).cloned())
     }
     fn tasks(&self, id: &DagId, count: usize) -> Result<Vec<TaskRecord>, StoreError> {
         let mut out = vec![TaskRecord::default(); count];

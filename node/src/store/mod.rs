@@ -30,8 +30,9 @@ pub mod merge;
 pub mod modules;
 mod wire;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::Arc;
 
 use bx3_protocol::api::{AttemptOutcome, Counts, DagState, TaskState};
 use bx3_protocol::dag::ValidDag;
@@ -153,7 +154,14 @@ pub struct Store {
     specs: sled::Tree,
     tasks: sled::Tree,
     quarantine: sled::Tree,
+    /// Decoded specs, shared: a spec is written once and read again on every replication
+    /// batch that touches its DAG (decoding a 10,000-task spec and checking it costs
+    /// milliseconds). Bounded; emptied when full.
+    spec_cache: Arc<std::sync::Mutex<HashMap<DagId, Arc<SpecRecord>>>>,
 }
+
+/// Most decoded specs a store keeps in memory.
+const SPEC_CACHE: usize = 64;
 
 const DAGS: &str = "dags.v1";
 const SPECS: &str = "specs.v1";
@@ -257,6 +265,7 @@ impl Store {
             tasks: db.open_tree(TASKS)?,
             meta: db.open_tree(META)?,
             quarantine: db.open_tree(QUARANTINE)?,
+            spec_cache: Arc::default(),
             db,
         })
     }
@@ -314,6 +323,7 @@ impl Store {
     /// Moves every record of DAG `id` (meta, spec, task records) to quarantine: one of them
     /// failed its check, and a DAG is only usable whole.
     fn quarantine_dag(&self, id: &DagId, reason: &str) -> Result<(), StoreError> {
+        self.specs_cached().remove(id);
         let why = format!("DAG {id}: {reason}");
         if let Some(v) = self.dags.get(id.as_bytes())? {
             self.quarantine_record(DAGS, id.as_bytes(), &v, &why)?;
@@ -483,6 +493,26 @@ impl Store {
     }
 
     /// The DAG's spec, checked (`ValidDag` decodes only through `verify`).
+    /// The DAG's spec, decoded once and shared (see `spec_cache`).
+    pub fn spec_shared(&self, id: &DagId) -> Result<Option<Arc<SpecRecord>>, StoreError> {
+        if let Some(spec) = self.specs_cached().get(id) {
+            return Ok(Some(Arc::clone(spec)));
+        }
+        let Some(spec) = self.spec(id)?.map(Arc::new) else {
+            return Ok(None);
+        };
+        let mut cache = self.specs_cached();
+        if cache.len() >= SPEC_CACHE {
+            cache.clear();
+        }
+        cache.insert(*id, Arc::clone(&spec));
+        Ok(Some(spec))
+    }
+
+    fn specs_cached(&self) -> std::sync::MutexGuard<'_, HashMap<DagId, Arc<SpecRecord>>> {
+        self.spec_cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn spec(&self, id: &DagId) -> Result<Option<SpecRecord>, StoreError> {
         match self.specs.get(id.as_bytes())? {
             Some(v) => self.dag_record(SPECS, id, &v),
