@@ -1021,13 +1021,13 @@ impl<Id: ElectionId> Election<Id> {
                 own.insert(&self.me);
                 // A leader knows who voted for it before their announcements say so: a
                 // stranger's lone heartbeat right after an election must not tie with it.
-                // A voter whose announcement names another leader, or none (it restarted,
-                // or moved on), no longer counts.
+                // A voter whose announcement names another leader (it moved on) no longer
+                // counts; one that names none may simply have announced before the election.
                 if *ours == self.me {
                     for v in &self.cert {
                         let still = match self.support.get(&v.voter) {
-                            None => true,
-                            Some(leader) => leader.as_ref() == Some(&self.me),
+                            Some(Some(leader)) => *leader == self.me,
+                            Some(None) | None => true,
                         };
                         if still && self.alive.contains_key(&v.voter) {
                             own.insert(&v.voter);

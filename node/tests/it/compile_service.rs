@@ -39,44 +39,6 @@ fn is_compile_process(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
-/// A WASI command with `n` more empty functions (see `executor::compile` tests).
-fn many_functions(n: u32) -> Vec<u8> {
-    fn leb(mut v: u32, out: &mut Vec<u8>) {
-        loop {
-            let byte = (v & 0x7f) as u8;
-            v >>= 7;
-            if v == 0 {
-                out.push(byte);
-                return;
-            }
-            out.push(byte | 0x80);
-        }
-    }
-    fn section(id: u8, body: Vec<u8>, out: &mut Vec<u8>) {
-        out.push(id);
-        leb(body.len() as u32, out);
-        out.extend(body);
-    }
-    let total = n + 1;
-    let mut out = b"\0asm\x01\0\0\0".to_vec();
-    section(1, vec![1, 0x60, 0, 0], &mut out);
-    let mut funcs = Vec::new();
-    leb(total, &mut funcs);
-    funcs.extend(std::iter::repeat_n(0u8, total as usize));
-    section(3, funcs, &mut out);
-    let mut exports = vec![1, 6];
-    exports.extend(b"_start");
-    exports.extend([0, 0]);
-    section(7, exports, &mut out);
-    let mut code = Vec::new();
-    leb(total, &mut code);
-    for _ in 0..total {
-        code.extend([2, 0, 0x0b]);
-    }
-    section(10, code, &mut out);
-    out
-}
-
 /// A real module compiles in a child into the shared cache; a module that is not a WASI
 /// command is refused with the child's reason; concurrent requests share one compilation.
 #[test]
@@ -95,7 +57,7 @@ fn modules_compile_in_a_child_and_bad_ones_are_refused_with_the_reason() {
         assert!(c.is_compiled(&hash).await);
 
         // Valid wasm, but no `_start`: refused by the child, with wasm's own words.
-        let mut no_start = many_functions(1);
+        let mut no_start = crate::common::many_functions(1);
         let at = no_start
             .windows(6)
             .position(|w| w == b"_start")
@@ -128,7 +90,7 @@ fn an_expensive_module_costs_its_child_not_the_node() {
             address_space: 2 << 30,
         };
         let c = compiler(dir.path(), limits);
-        let wasm = Arc::new(many_functions(99_000));
+        let wasm = Arc::new(crate::common::many_functions(99_000));
         let hash = sha256_hex(&wasm);
         let cpu_before = self_cpu_secs();
         let hwm_before = self_hwm_kib();
@@ -161,7 +123,7 @@ fn a_compile_over_the_wall_clock_limit_is_stopped() {
             address_space: 2 << 30,
         };
         let c = compiler(dir.path(), limits);
-        let wasm = Arc::new(many_functions(99_000));
+        let wasm = Arc::new(crate::common::many_functions(99_000));
         let hash = sha256_hex(&wasm);
         match c.compile(&hash, wasm).await {
             Err(CompileError::Stopped(m)) => assert!(m.contains("longer than"), "{m}"),

@@ -239,7 +239,7 @@ fn memory_beyond_every_executor_is_refused_at_submit() {
 #[test]
 fn a_module_with_200000_functions_is_refused_cheaply() {
     let node = TestNode::start(1);
-    let wasm = many_functions(200_000);
+    let wasm = crate::common::many_functions(200_000);
     assert!(wasm.len() < 1_000_000);
     let (cpu0, pid) = (cpu_secs(node.pid()), node.pid());
     let (status, body) = http(
@@ -385,44 +385,6 @@ fn a_damaged_spec_on_disk_is_quarantined_not_a_crash_loop() {
     assert!(!String::from_utf8_lossy(&list.stdout).contains(&bad.to_string()));
     let (code, _) = node.submit_wait(&repo().join("dags/hello_fanout.yaml"), MIN);
     assert_eq!(code, 0, "the node works on");
-}
-
-/// A WASI command with `n` more empty functions `[] -> []`.
-fn many_functions(n: u32) -> Vec<u8> {
-    fn leb(mut v: u32, out: &mut Vec<u8>) {
-        loop {
-            let byte = (v & 0x7f) as u8;
-            v >>= 7;
-            if v == 0 {
-                out.push(byte);
-                return;
-            }
-            out.push(byte | 0x80);
-        }
-    }
-    fn section(id: u8, body: Vec<u8>, out: &mut Vec<u8>) {
-        out.push(id);
-        leb(body.len() as u32, out);
-        out.extend(body);
-    }
-    let total = n + 1;
-    let mut out = b"\0asm\x01\0\0\0".to_vec();
-    section(1, vec![1, 0x60, 0, 0], &mut out);
-    let mut funcs = Vec::new();
-    leb(total, &mut funcs);
-    funcs.extend(std::iter::repeat_n(0u8, total as usize));
-    section(3, funcs, &mut out);
-    let mut exports = vec![1, 6];
-    exports.extend(b"_start");
-    exports.extend([0, 0]);
-    section(7, exports, &mut out);
-    let mut code = Vec::new();
-    leb(total, &mut code);
-    for _ in 0..total {
-        code.extend([2, 0, 0x0b]);
-    }
-    section(10, code, &mut out);
-    out
 }
 
 /// The executor side of the memory row: a job that asks for more memory than this node's

@@ -583,3 +583,42 @@ impl Mesh {
             .join("\n")
     }
 }
+
+/// A WASI command (`_start`) with `n` more empty functions `[] -> []`: a module that is
+/// cheap to send and expensive to compile (the compile budget's tests).
+pub fn many_functions(n: u32) -> Vec<u8> {
+    fn leb(mut v: u32, out: &mut Vec<u8>) {
+        loop {
+            let byte = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    fn section(id: u8, body: Vec<u8>, out: &mut Vec<u8>) {
+        out.push(id);
+        leb(body.len() as u32, out);
+        out.extend(body);
+    }
+    let total = n + 1;
+    let mut out = b"\0asm\x01\0\0\0".to_vec();
+    section(1, vec![1, 0x60, 0, 0], &mut out);
+    let mut funcs = Vec::new();
+    leb(total, &mut funcs);
+    funcs.extend(std::iter::repeat_n(0u8, total as usize));
+    section(3, funcs, &mut out);
+    let mut exports = vec![1, 6];
+    exports.extend(b"_start");
+    exports.extend([0, 0]);
+    section(7, exports, &mut out);
+    let mut code = Vec::new();
+    leb(total, &mut code);
+    for _ in 0..total {
+        code.extend([2, 0, 0x0b]);
+    }
+    section(10, code, &mut out);
+    out
+}
