@@ -124,6 +124,9 @@ pub struct Poll {
     pub page: Option<TaskQuery>,
     pub after: u64,
     pub deadline_ms: u64,
+    /// Parked without a look at the DAG (its last changes were not on disk yet): after the
+    /// next flush it is answered if the DAG passed `after` by then, and waits on otherwise.
+    pub unseen: bool,
 }
 
 #[derive(Debug, Default)]
@@ -182,15 +185,14 @@ impl Calls {
         Ok(())
     }
 
-    /// Polls to answer now: those whose DAG is in `changed` (`all`: any), or whose deadline
-    /// passed.
-    pub fn polls_due(&mut self, changed: &dyn Fn(&DagId) -> bool, now_ms: u64) -> Vec<Poll> {
+    /// Polls to answer (or look at) now: those `due` says, and those whose deadline passed.
+    pub fn polls_due(&mut self, due: &dyn Fn(&Poll) -> bool, now_ms: u64) -> Vec<Poll> {
         if self.polls.is_empty() {
             return Vec::new();
         }
         let (due, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.polls)
             .into_iter()
-            .partition(|p| p.deadline_ms <= now_ms || changed(&p.id));
+            .partition(|p| p.deadline_ms <= now_ms || due(p));
         self.polls = kept;
         due
     }

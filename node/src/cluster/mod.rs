@@ -238,6 +238,8 @@ pub struct Core {
     /// A follower answered a Replicate: send what it still lacks at the end of this step
     /// (once for all the answers a step brings, not once per answer).
     replicate_due: bool,
+    /// The tick's group commit: flush at the end of this step, after its own writes.
+    flush_due: bool,
     stats: Stats,
 }
 
@@ -279,6 +281,7 @@ impl Core {
             connected: HashSet::new(),
             planner_stats: planner::Stats::default(),
             replicate_due: false,
+            flush_due: false,
             stats: Stats::default(),
             cfg,
         }
@@ -443,6 +446,9 @@ impl Core {
         }
         self.send_results();
         self.persist(reads)?;
+        if std::mem::take(&mut self.flush_due) {
+            self.flush(reads)?;
+        }
         if std::mem::take(&mut self.replicate_due) {
             self.replicate(reads)?;
         }
@@ -453,8 +459,9 @@ impl Core {
 
     fn tick(&mut self, reads: &dyn Reads) -> Result<(), StoreError> {
         self.ticks = self.ticks.wrapping_add(1);
-        // Group commit: what was written since the last flush is durable within one tick.
-        self.flush(reads)?;
+        // Group commit: what was written since the last flush is durable within one tick
+        // (flushed at the end of this step, so that this step's own writes go with it).
+        self.flush_due = true;
         self.elect(election::Input::Tick, reads)?;
         if self.is_leader() && self.alone() && !self.pending_acks.is_empty() {
             // Everyone else is gone: no copy is coming. The submissions stay as they are (on
@@ -513,13 +520,22 @@ impl Core {
         Ok(())
     }
 
+    ///
+    /// A poll on a DAG changed again in this step (not written yet) waits for the flush
+    /// that makes that change durable: what a poll shows is on disk.
     fn after_flush(&mut self, reads: &dyn Reads) -> Result<(), StoreError> {
         let changed = std::mem::take(&mut self.changed);
-        if !changed.is_empty() {
-            for poll in self
-                .calls
-                .polls_due(&|id| changed.contains(id), self.now.mono_ms)
-            {
+        let planner = self.lead.as_ref().map(|l| &l.planner);
+        let dirty = |id: &DagId| planner.is_some_and(|p| p.is_dirty(id));
+        let due = self.calls.polls_due(
+            &|p| (p.unseen || changed.contains(&p.id)) && !dirty(&p.id),
+            self.now.mono_ms,
+        );
+        for poll in due {
+            if poll.unseen && !changed.contains(&poll.id) && poll.deadline_ms > self.now.mono_ms {
+                // Parked before anything was known: answered now only if the DAG moved.
+                self.recheck_poll(poll, reads)?;
+            } else {
                 self.answer_poll(poll, reads)?;
             }
         }

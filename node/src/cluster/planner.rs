@@ -716,6 +716,11 @@ impl Planner {
         self.touch(dag);
     }
 
+    /// Whether run `id` changed since the last `take_dirty` (not written yet).
+    pub fn is_dirty(&self, id: &DagId) -> bool {
+        self.dirty_runs.contains(id)
+    }
+
     /// What changed since the last call, for the actor to write and replicate.
     ///
     /// A task that is now `running` is left out: a stored `running` record is read back as

@@ -144,8 +144,32 @@ impl Core {
                 after,
                 wait_ms,
             } => {
-                // What a read shows is on disk: a task shown as done stays done.
-                self.flush(reads)?;
+                let deadline_ms = self.now.mono_ms + wait_ms.min(MAX_POLL_WAIT_MS);
+                if let Some(after) = after {
+                    if self.unflushed(&id) {
+                        // A long poll does not force a flush: the DAG's latest changes are
+                        // not on disk yet, so it is answered after the group commit that
+                        // puts them there (the next tick at the latest, at once when the
+                        // DAG finishes). A watcher asking again and again would otherwise
+                        // turn every question into a disk flush.
+                        let poll = Poll {
+                            asker,
+                            id,
+                            tasks,
+                            page,
+                            after,
+                            deadline_ms,
+                            unseen: true,
+                        };
+                        if let Err(e) = self.calls.poll(poll) {
+                            self.out.answer(asker, Err(e));
+                        }
+                        return Ok(());
+                    }
+                } else {
+                    // What a read shows is on disk: a task shown as done stays done.
+                    self.flush(reads)?;
+                }
                 let view = self.view(id, tasks, page.as_ref(), reads)?;
                 match (after, view) {
                     (Some(after), Ok(v)) if v.version <= after && !v.state.is_terminal() => {
@@ -155,7 +179,8 @@ impl Core {
                             tasks,
                             page,
                             after,
-                            deadline_ms: self.now.mono_ms + wait_ms.min(MAX_POLL_WAIT_MS),
+                            deadline_ms,
+                            unseen: false,
                         };
                         if let Err(e) = self.calls.poll(poll) {
                             self.out.answer(asker, Err(e));
@@ -184,6 +209,33 @@ impl Core {
                 Ok(())
             }
         }
+    }
+
+    /// Whether DAG `id` has changes not on disk yet (written and not flushed, or not
+    /// written yet).
+    pub(super) fn unflushed(&self, id: &DagId) -> bool {
+        (self.out.unflushed && self.changed.contains(id))
+            || self.lead.as_ref().is_some_and(|l| l.planner.is_dirty(id))
+    }
+
+    /// A poll parked unseen, after the flush that made its DAG durable: answered if the DAG
+    /// passed its version or finished, parked again (seen) otherwise.
+    pub(super) fn recheck_poll(&mut self, poll: Poll, reads: &dyn Reads) -> Result<(), StoreError> {
+        match self.view(poll.id, poll.tasks, poll.page.as_ref(), reads)? {
+            Ok(v) if v.version <= poll.after && !v.state.is_terminal() => {
+                let asker = poll.asker;
+                if let Err(e) = self.calls.poll(Poll {
+                    unseen: false,
+                    ..poll
+                }) {
+                    self.out.answer(asker, Err(e));
+                }
+            }
+            view => self
+                .out
+                .answer(poll.asker, view.map(|v| Answer::Dag(Box::new(v)))),
+        }
+        Ok(())
     }
 
     /// Answers a long poll with the DAG as it stands.
@@ -247,5 +299,264 @@ impl Core {
                 view::summary(id, meta)
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Long polls against a real core over a real (temporary) store: they never force a
+    //! flush, and what they answer is on disk.
+
+    use std::sync::Arc;
+
+    use bx3_protocol::dag::parse_dag;
+    use bx3_protocol::ids::{DagId, ModuleHash, NodeId};
+
+    use crate::cluster::records::Reads;
+    use crate::cluster::{Call, Capacity, Config, Core, Input, JobDone, Now, Output};
+    use crate::election::{self, HashVotes};
+    use crate::store::{DagMeta, SpecRecord, Store, StoreError, TaskRecord};
+
+    use super::super::out::Answer;
+
+    struct Node {
+        core: Core,
+        store: Store,
+        now: u64,
+        /// Writes flushed so far (how many `Output::Write`s had a `Flush` after them).
+        durable_writes: usize,
+        writes: usize,
+    }
+
+    struct StoreReads<'a>(&'a Store);
+
+    impl Reads for StoreReads<'_> {
+        fn meta(&self, id: &DagId) -> Result<Option<DagMeta>, StoreError> {
+            self.0.meta(id)
+        }
+        fn spec(&self, id: &DagId) -> Result<Option<Arc<SpecRecord>>, StoreError> {
+            self.0.spec_shared(id)
+        }
+        fn tasks(&self, id: &DagId, count: usize) -> Result<Vec<TaskRecord>, StoreError> {
+            self.0.tasks(id, count)
+        }
+        fn list(&self, limit: usize) -> Result<Vec<(DagId, DagMeta)>, StoreError> {
+            self.0.list(limit)
+        }
+        fn unfinished(&self) -> Result<Vec<DagId>, StoreError> {
+            self.0.unfinished()
+        }
+        fn has_module(&self, _: &ModuleHash) -> bool {
+            true
+        }
+    }
+
+    impl Node {
+        /// A node alone, the controller of its mesh of one.
+        fn leader() -> Node {
+            let me: NodeId = "12D3KooWPollSelf".parse().expect("a node id");
+            let core = Core::new(
+                Config {
+                    me: me.clone(),
+                    election: election::Params::default(),
+                    ram_per_executor_mb: 128,
+                    min_free_ram_mb: 0,
+                    max_executors: None,
+                    version: "test".into(),
+                    private_mesh: false,
+                    seed: 3,
+                },
+                None,
+                Default::default(),
+                Arc::new(HashVotes::new(me)),
+                Capacity {
+                    executors: 2,
+                    available_ram_mb: 1024,
+                    ram_slots: 8,
+                    cpu_cores: 2,
+                    limited_by: None,
+                },
+            );
+            let mut node = Node {
+                core,
+                store: Store::temporary().expect("a temporary store"),
+                now: 1_700_000_000_000,
+                durable_writes: 0,
+                writes: 0,
+            };
+            for _ in 0..120 {
+                node.step(vec![Input::Tick]);
+            }
+            assert!(node.core.is_leader(), "alone, it leads");
+            node
+        }
+
+        fn step(&mut self, inputs: Vec<Input>) -> Vec<Output> {
+            self.now += crate::cluster::TICK_MS;
+            let out = self
+                .core
+                .step(
+                    Now {
+                        mono_ms: self.now,
+                        wall_ms: self.now,
+                    },
+                    inputs,
+                    &StoreReads(&self.store),
+                )
+                .expect("a temporary store does not fail");
+            for o in &out {
+                match o {
+                    Output::Write(w) => {
+                        self.store.apply(w).expect("writes apply");
+                        self.writes += 1;
+                    }
+                    Output::Flush => self.durable_writes = self.writes,
+                    _ => {}
+                }
+            }
+            out
+        }
+
+        fn get(&mut self, call: u64, id: DagId, after: Option<u64>) -> Vec<Output> {
+            self.step(vec![Input::Call {
+                call,
+                what: Call::Get {
+                    id,
+                    tasks: false,
+                    page: None,
+                    after,
+                    wait_ms: 20_000,
+                },
+            }])
+        }
+    }
+
+    /// The version call `call` was answered with, and whether every write before the
+    /// answer was flushed before it.
+    fn answered(out: &[Output], call: u64) -> Option<(u64, bool)> {
+        let mut unflushed = false;
+        for o in out {
+            match o {
+                Output::Write(_) => unflushed = true,
+                Output::Flush => unflushed = false,
+                Output::Reply { call: c, reply } if *c == call => {
+                    let Ok(Answer::Dag(v)) = reply else {
+                        panic!("call {call} answered {reply:?}");
+                    };
+                    return Some((v.version, !unflushed));
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+
+    fn flushes(out: &[Output]) -> usize {
+        out.iter().filter(|o| matches!(o, Output::Flush)).count()
+    }
+
+    fn started(out: &[Output]) -> Vec<crate::cluster::worker::JobKey> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Run(job) => Some((job.dag, job.task, job.attempt)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_long_poll_waits_for_the_group_commit_instead_of_forcing_a_flush() {
+        let mut node = Node::leader();
+        let dag = parse_dag(
+            "name: polled\ntasks:\n  - {id: a, module: m.wasm}\n  - {id: b, module: m.wasm}\n  - {id: c, module: m.wasm}\n",
+        )
+        .expect("a DAG");
+        let modules = [(
+            "m.wasm".to_string(),
+            "ab".repeat(32).parse().expect("a hash"),
+        )]
+        .into_iter()
+        .collect();
+        let id = DagId::new(1, 42);
+        let mut out = node.step(vec![Input::Call {
+            call: 1,
+            what: Call::Submit {
+                id,
+                spec: Arc::new(SpecRecord { dag, modules }),
+                source: None,
+            },
+        }]);
+        for _ in 0..20 {
+            out.extend(node.step(vec![Input::Tick]));
+        }
+        let jobs = started(&out);
+        assert_eq!(jobs.len(), 2, "two executors, two jobs: {out:?}");
+
+        // A plain read flushes first (what it shows is on disk).
+        let out = node.get(2, id, None);
+        let (v0, durable) = answered(&out, 2).expect("a plain read is answered at once");
+        assert!(durable);
+
+        // Nothing new: a long poll waits.
+        let out = node.get(3, id, Some(v0));
+        assert_eq!(answered(&out, 3), None);
+
+        // A task finishes; its change is written, not flushed (the DAG goes on).
+        let out = node.step(vec![Input::JobDone(JobDone {
+            key: jobs[0],
+            outcome: Ok("out".into()),
+            run_ms: 1,
+            stderr: None,
+        })]);
+        assert_eq!(
+            flushes(&out),
+            0,
+            "a result alone waits for the group commit"
+        );
+        assert_eq!(
+            answered(&out, 3),
+            None,
+            "the waiting poll sees nothing unflushed"
+        );
+        assert!(node.writes > node.durable_writes);
+
+        // A new long poll on the old version: not answered from unflushed state, and no
+        // flush forced for it.
+        let out = node.get(4, id, Some(v0));
+        assert_eq!(flushes(&out), 0, "a long poll forces no flush");
+        assert_eq!(answered(&out, 4), None);
+
+        // The tick's group commit: flushed, then both polls answered with the new version.
+        let out = node.step(vec![Input::Tick]);
+        assert_eq!(flushes(&out), 1);
+        for call in [3, 4] {
+            let (v, durable) = answered(&out, call).expect("answered after the flush");
+            assert!(v > v0, "call {call}: version {v} after {v0}");
+            assert!(
+                durable,
+                "call {call} answered before its writes were flushed"
+            );
+        }
+        assert_eq!(node.writes, node.durable_writes);
+
+        // A poll on a version already passed and on disk is answered at once.
+        let out = node.get(5, id, Some(v0));
+        let (v, durable) = answered(&out, 5).expect("answered at once");
+        assert!(v > v0 && durable);
+        assert_eq!(flushes(&out), 0);
+
+        // A poll parked unseen on a DAG that did not move past it waits on after the flush.
+        let out = node.get(6, id, Some(v));
+        assert_eq!(answered(&out, 6), None);
+        let out = node.step(vec![Input::JobDone(JobDone {
+            key: jobs[1],
+            outcome: Ok("out".into()),
+            run_ms: 1,
+            stderr: None,
+        })]);
+        assert_eq!(answered(&out, 6), None);
+        let out = node.step(vec![Input::Tick]);
+        let (v2, durable) = answered(&out, 6).expect("answered after the flush");
+        assert!(v2 > v && durable);
     }
 }
