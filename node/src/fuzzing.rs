@@ -154,6 +154,9 @@ impl Reads for StoreReads<'_> {
     fn tasks(&self, id: &DagId, count: usize) -> Result<Vec<TaskRecord>, crate::store::StoreError> {
         self.0.tasks(id, count)
     }
+    fn task(&self, id: &DagId, idx: u32) -> Result<Option<TaskRecord>, crate::store::StoreError> {
+        self.0.task(id, idx)
+    }
     fn list(&self, limit: usize) -> Result<Vec<(DagId, DagMeta)>, crate::store::StoreError> {
         self.0.list(limit)
     }

@@ -20,6 +20,8 @@ pub trait Reads {
     fn spec(&self, id: &DagId) -> Result<Option<Arc<SpecRecord>>, StoreError>;
     /// All `count` task records of a DAG, defaults for tasks never written.
     fn tasks(&self, id: &DagId, count: usize) -> Result<Vec<TaskRecord>, StoreError>;
+    /// One task record, `None` if never written (one lookup, not a scan of the DAG).
+    fn task(&self, id: &DagId, idx: u32) -> Result<Option<TaskRecord>, StoreError>;
     /// DAGs newest first, at most `limit`.
     fn list(&self, limit: usize) -> Result<Vec<(DagId, DagMeta)>, StoreError>;
     /// Ids of DAGs that have not reached a final state, oldest first.
@@ -70,6 +72,9 @@ impl Reads for NodeReads<'_> {
     }
     fn tasks(&self, id: &DagId, count: usize) -> Result<Vec<TaskRecord>, StoreError> {
         self.store.tasks(id, count)
+    }
+    fn task(&self, id: &DagId, idx: u32) -> Result<Option<TaskRecord>, StoreError> {
+        self.store.task(id, idx)
     }
     fn list(&self, limit: usize) -> Result<Vec<(DagId, DagMeta)>, StoreError> {
         self.store.list(limit)
@@ -155,6 +160,13 @@ impl Reads for View<'_> {
             }
         }
         Ok(out)
+    }
+
+    fn task(&self, id: &DagId, idx: u32) -> Result<Option<TaskRecord>, StoreError> {
+        match self.overlay.tasks.get(id).and_then(|t| t.get(&idx)) {
+            Some(r) => Ok(Some(r.clone())),
+            None => self.base.task(id, idx),
+        }
     }
 
     fn list(&self, limit: usize) -> Result<Vec<(DagId, DagMeta)>, StoreError> {

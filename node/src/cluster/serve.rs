@@ -340,6 +340,9 @@ mod tests {
         fn tasks(&self, id: &DagId, count: usize) -> Result<Vec<TaskRecord>, StoreError> {
             self.0.tasks(id, count)
         }
+        fn task(&self, id: &DagId, idx: u32) -> Result<Option<TaskRecord>, StoreError> {
+            self.0.task(id, idx)
+        }
         fn list(&self, limit: usize) -> Result<Vec<(DagId, DagMeta)>, StoreError> {
             self.0.list(limit)
         }

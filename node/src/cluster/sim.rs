@@ -256,6 +256,9 @@ impl Reads for SimReads<'_> {
         }
         Ok(out)
     }
+    fn task(&self, id: &DagId, idx: u32) -> Result<Option<TaskRecord>, StoreError> {
+        Ok(self.mem.tasks.get(&(*id, idx)).cloned())
+    }
     fn list(&self, limit: usize) -> Result<Vec<(DagId, DagMeta)>, StoreError> {
         Ok(self
             .mem
