@@ -20,8 +20,22 @@ use crate::store::{DagMeta, SpecRecord, StoreError, TaskRecord};
 /// Most jobs in one Assign request (keeps each request well under the size limit for small
 /// inputs; large inputs are bounded by the wire limit itself).
 const ASSIGN_BATCH: usize = 256;
-/// Jobs the controller keeps in flight per remote executor (running + queued on the worker).
+/// Jobs the controller keeps in flight per remote executor (running + queued on the worker):
+/// one running and one queued behind it, so a worker does not idle for a round trip between
+/// two tasks. Kept low so that a new DAG's tasks do not wait behind a queue of long ones.
 const REMOTE_DEPTH: usize = 2;
+/// ... and for a worker whose tasks take less than `SHORT_TASK_MS` (moving average): one
+/// queued job covers less than a round trip there, so its executors idled between tasks and
+/// every result travelled in a request of its own (on 3 nodes with no-op tasks, depth 2 cost
+/// the controller ~1.3x the CPU per task of depth 4, and throughput). A queue of short tasks
+/// drains in milliseconds, so a new DAG does not wait behind it.
+const SHORT_DEPTH: usize = 4;
+/// Below this average run time a worker's tasks count as short (ms).
+const SHORT_TASK_MS: u64 = 5;
+/// The average a worker starts with (nothing known: not short).
+const FIRST_TASK_MS: u64 = 4 * SHORT_TASK_MS;
+/// Longest run time a worker's report counts with (its number is the worker's word).
+const MAX_COUNTED_TASK_MS: u64 = 3_600_000;
 /// A client-chosen DAG id may be at most this far in the future (clocks differ a little).
 const ID_FUTURE_MS: u64 = 24 * 3_600_000;
 
@@ -37,6 +51,10 @@ pub struct Lead {
     /// Workers that just refused work (not yet following our term, full, unreachable): no
     /// new work for them until then (core clock, ms).
     pub backoff: HashMap<NodeId, u64>,
+    /// Moving average of how long tasks run on each worker (ms, as the workers report it):
+    /// chooses between `REMOTE_DEPTH` and `SHORT_DEPTH`. Members only (dropped when one
+    /// goes down).
+    pub task_ms: HashMap<NodeId, u64>,
 }
 
 impl Lead {
@@ -48,6 +66,7 @@ impl Lead {
             placements: Placements::default(),
             repl: Leader::default(),
             backoff: HashMap::new(),
+            task_ms: HashMap::new(),
         }
     }
 
@@ -181,9 +200,10 @@ impl Core {
             }
             return;
         }
+        let run_ms = r.run_ms;
         let report = Report {
             from,
-            run_ms: r.run_ms,
+            run_ms,
             stderr: r.stderr,
         };
         if lead
@@ -191,6 +211,10 @@ impl Core {
             .on_result(dag, task, attempt, r.outcome, report, self.now.wall_ms)
         {
             lead.placements.ended(dag, task, attempt);
+            if *from != self.cfg.me {
+                let avg = lead.task_ms.entry(from.clone()).or_insert(FIRST_TASK_MS);
+                *avg = (*avg * 7 + run_ms.min(MAX_COUNTED_TASK_MS)) / 8;
+            }
         } else {
             tracing::debug!(peer = %from, %dag, task, attempt, "stale or foreign result ignored");
         }
@@ -216,9 +240,11 @@ impl Core {
             if !m.announced || m.announce.executors_total == 0 || lead.backoff.contains_key(id) {
                 continue;
             }
-            // Keep a second job queued behind each remote executor, so a worker never idles
-            // for a network round trip between two tasks.
-            let total = m.announce.executors_total as usize * REMOTE_DEPTH;
+            // Keep a job queued behind each remote executor (more when its tasks are short),
+            // so a worker never idles for a network round trip between two tasks.
+            let short = lead.task_ms.get(id).is_some_and(|ms| *ms < SHORT_TASK_MS);
+            let depth = if short { SHORT_DEPTH } else { REMOTE_DEPTH };
+            let total = m.announce.executors_total as usize * depth;
             let used = lead.placements.in_flight(id);
             slots.push(Slot {
                 node: id.clone(),

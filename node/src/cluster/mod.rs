@@ -663,6 +663,7 @@ impl Core {
             }
         }
         if let Some(lead) = &mut self.lead {
+            lead.task_ms.remove(node);
             let lost = lead
                 .placements
                 .node_down(&mut lead.planner, node, self.now.wall_ms);

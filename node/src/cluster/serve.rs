@@ -467,6 +467,111 @@ mod tests {
             .collect()
     }
 
+    /// The most jobs the controller had on `peer` at once (assigned, no result yet) while
+    /// that worker ran `rounds` rounds of results, each task taking `run_ms`.
+    fn most_in_flight_on_a_worker(run_ms: u64, rounds: usize) -> usize {
+        use bx3_protocol::mesh::{Announce, Gossip, JobResult, Request, Response};
+        let mut node = Node::leader();
+        let peer: NodeId = "12D3KooWPollPeer".parse().expect("a node id");
+        let me = node.core.cfg.me.clone();
+        node.step(vec![
+            Input::Connected(peer.clone()),
+            Input::Gossip {
+                from: peer.clone(),
+                msg: Gossip::Announce(Announce {
+                    version: "test".into(),
+                    executors_total: 2,
+                    executors_busy: 0,
+                    ram_per_executor_mb: 128,
+                    available_ram_mb: 1024,
+                    min_free_ram_mb: 0,
+                    leader: Some(me),
+                    addrs: Vec::new(),
+                    replica_seq: 0,
+                    ram_slots: 8,
+                    cpu_cores: 2,
+                    limited_by: String::new(),
+                }),
+            },
+        ]);
+        let mut yaml = String::from("name: many\ntasks:\n");
+        for i in 0..400 {
+            yaml.push_str(&format!("  - {{id: t{i}, module: m.wasm}}\n"));
+        }
+        let modules = [(
+            "m.wasm".to_string(),
+            "ab".repeat(32).parse().expect("a hash"),
+        )]
+        .into_iter()
+        .collect();
+        let id = DagId::new(1, 43);
+        let mut out = node.step(vec![Input::Call {
+            call: 1,
+            what: Call::Submit {
+                id,
+                spec: Arc::new(SpecRecord {
+                    dag: parse_dag(&yaml).expect("a DAG"),
+                    modules,
+                }),
+                source: None,
+            },
+        }]);
+        let (mut in_flight, mut most, mut rid) = (Vec::new(), 0, 0);
+        for _ in 0..rounds {
+            let mut answers = Vec::new();
+            for o in &out {
+                if let Output::Send { to, token, req } = o {
+                    let resp = match req {
+                        Request::Assign { jobs, .. } if *to == peer => {
+                            in_flight.extend(jobs.iter().map(|j| (j.dag, j.task, j.attempt)));
+                            Response::Ok
+                        }
+                        Request::Replicate { batches, .. } => Response::Replicated {
+                            seq: batches.iter().map(|b| b.seq).max().unwrap_or(0),
+                        },
+                        _ => Response::Ok,
+                    };
+                    answers.push(Input::Answer {
+                        token: *token,
+                        answer: Ok(resp),
+                    });
+                }
+            }
+            most = most.max(in_flight.len());
+            out = node.step(answers);
+            rid += 1;
+            let results = std::mem::take(&mut in_flight)
+                .into_iter()
+                .map(|(dag, task, attempt)| JobResult {
+                    dag,
+                    task,
+                    attempt,
+                    outcome: Ok(String::new()),
+                    run_ms,
+                    stderr: None,
+                    interrupted: false,
+                })
+                .collect();
+            out.extend(node.step(vec![Input::Request {
+                from: peer.clone(),
+                rid,
+                req: Request::Results { results },
+            }]));
+        }
+        most
+    }
+
+    /// A worker keeps one job queued behind each executor while its tasks are long (a new
+    /// DAG does not wait behind a queue of them), three once they prove short (one queued
+    /// job covers less than the round trip of its result).
+    #[test]
+    fn a_worker_with_short_tasks_gets_a_deeper_queue() {
+        assert_eq!(most_in_flight_on_a_worker(1_000, 30), 4, "2 executors x 2");
+        assert_eq!(most_in_flight_on_a_worker(0, 30), 8, "2 executors x 4");
+        // Reports beyond the cap do not overflow the average.
+        assert_eq!(most_in_flight_on_a_worker(u64::MAX, 30), 4);
+    }
+
     #[test]
     fn a_long_poll_waits_for_the_group_commit_instead_of_forcing_a_flush() {
         let mut node = Node::leader();
