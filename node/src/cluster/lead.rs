@@ -415,7 +415,10 @@ impl Core {
             .filter(|(_, m)| m.announced)
             .map(|(id, _)| id.clone())
             .collect();
-        let waiting = self.pending_acks.ids();
+        // Submitters waiting for a copy, those accepted in this step included: their batch
+        // goes out at once, never paced (see `replication::PACE_MS`).
+        let mut waiting = self.pending_acks.ids();
+        waiting.extend(self.acks.iter().map(|(_, id)| *id));
         let term = lead.term.clone();
         let requests = lead.repl.requests(
             &self.out.view(reads),
