@@ -758,6 +758,21 @@ mod tests {
         s.parse().expect("node id")
     }
 
+    /// A 100,000-task DAG holds 100,000 attempt logs in memory: each grows by exactly what
+    /// it holds (a first `push` reserved four entries, heaptrack's largest site), and the
+    /// log keeps at most `MAX_ATTEMPT_LOG` entries.
+    #[test]
+    fn attempt_logs_hold_what_they_log_and_no_more() {
+        let mut record = TaskRecord::default();
+        log_attempt(&mut record, AttemptRecord::default());
+        assert_eq!(record.log.capacity(), 1);
+        for _ in 0..MAX_ATTEMPT_LOG + 5 {
+            log_attempt(&mut record, AttemptRecord::default());
+        }
+        assert_eq!(record.log.len(), MAX_ATTEMPT_LOG);
+        assert!(record.log.capacity() <= 2 * MAX_ATTEMPT_LOG);
+    }
+
     fn next(p: &mut Planner, who: &str) -> Option<Assignment> {
         p.next_assignment(&node(who), 0, |_| true)
     }
