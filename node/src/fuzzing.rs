@@ -72,6 +72,34 @@ fn peer() -> NodeId {
     "12D3KooWFuzzPeer".parse().expect("a node id")
 }
 
+/// A real cluster core for a node of its own, 2 executors, nothing persisted (the fuzz
+/// targets here and the core's own tests).
+pub(crate) fn lone_core(me: &str, seed: u64) -> Core {
+    let me: NodeId = me.parse().expect("a node id");
+    Core::new(
+        Config {
+            me: me.clone(),
+            election: election::Params::default(),
+            ram_per_executor_mb: 128,
+            min_free_ram_mb: 0,
+            max_executors: None,
+            version: "bx3-test".into(),
+            private_mesh: false,
+            seed,
+        },
+        None,
+        Default::default(),
+        Arc::new(HashVotes::new(me)),
+        Capacity {
+            executors: 2,
+            available_ram_mb: 1024,
+            ram_slots: 8,
+            cpu_cores: 2,
+            limited_by: None,
+        },
+    )
+}
+
 /// One real cluster core over a temporary store, stepped as the runtime steps it (its
 /// writes applied after each step). What it answers is checked, not trusted.
 struct FuzzNode {
@@ -82,29 +110,7 @@ struct FuzzNode {
 
 impl FuzzNode {
     fn new() -> FuzzNode {
-        let me: NodeId = "12D3KooWFuzzSelf".parse().expect("a node id");
-        let core = Core::new(
-            Config {
-                me: me.clone(),
-                election: election::Params::default(),
-                ram_per_executor_mb: 128,
-                min_free_ram_mb: 0,
-                max_executors: None,
-                version: "fuzz".into(),
-                private_mesh: false,
-                seed: 7,
-            },
-            None,
-            Default::default(),
-            Arc::new(HashVotes::new(me)),
-            Capacity {
-                executors: 2,
-                available_ram_mb: 1024,
-                ram_slots: 8,
-                cpu_cores: 2,
-                limited_by: None,
-            },
-        );
+        let core = lone_core("12D3KooWFuzzSelf", 7);
         FuzzNode {
             core,
             store: Store::temporary().expect("a temporary store"),

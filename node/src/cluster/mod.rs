@@ -534,7 +534,7 @@ impl Core {
         for poll in due {
             if poll.unseen && !changed.contains(&poll.id) && poll.deadline_ms > self.now.mono_ms {
                 // Parked before anything was known: answered now only if the DAG moved.
-                self.recheck_poll(poll, reads)?;
+                self.look_at_poll(poll, reads)?;
             } else {
                 self.answer_poll(poll, reads)?;
             }

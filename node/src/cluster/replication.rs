@@ -647,6 +647,38 @@ impl<R> PendingAcks<R> {
 mod tests {
     use super::*;
 
+    /// A store and a module store in a temporary directory.
+    struct Disk {
+        store: crate::store::Store,
+        modules: crate::store::ModuleStore,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Disk {
+        fn new() -> Disk {
+            let dir = tempfile::tempdir().expect("tempdir");
+            Disk {
+                store: crate::store::Store::temporary().expect("store"),
+                modules: crate::store::ModuleStore::open(dir.path().join("m")).expect("modules"),
+                _dir: dir,
+            }
+        }
+
+        fn reads(&self) -> super::super::records::NodeReads<'_> {
+            super::super::records::NodeReads {
+                store: &self.store,
+                modules: &self.modules,
+            }
+        }
+    }
+
+    fn term() -> NodeTerm {
+        NodeTerm {
+            epoch: 1,
+            candidate: "me".parse().expect("id"),
+        }
+    }
+
     #[test]
     fn pending_acks_release_by_seq_by_id_and_expire() {
         let (a, b, c) = (DagId::new(1, 1), DagId::new(2, 2), DagId::new(3, 3));
@@ -663,19 +695,10 @@ mod tests {
 
     #[test]
     fn a_snapshot_asked_for_while_a_range_is_in_flight_still_goes_out() {
-        let store = crate::store::Store::temporary().expect("store");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let modules = crate::store::ModuleStore::open(dir.path().join("m")).expect("modules");
-        let reads = super::super::records::NodeReads {
-            store: &store,
-            modules: &modules,
-        };
+        let disk = Disk::new();
+        let reads = disk.reads();
         let planner = Planner::new();
-        let me: NodeId = "me".parse().expect("id");
-        let term = NodeTerm {
-            epoch: 1,
-            candidate: me,
-        };
+        let term = term();
         let mut lead = Leader::default();
         let f: NodeId = "f".parse().expect("id");
         // First contact: a snapshot.
@@ -760,18 +783,10 @@ mod tests {
     /// a submitter waits for its copy (then at once, as before).
     #[test]
     fn ranges_are_paced_unless_a_submitter_waits() {
-        let store = crate::store::Store::temporary().expect("store");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let modules = crate::store::ModuleStore::open(dir.path().join("m")).expect("modules");
-        let reads = super::super::records::NodeReads {
-            store: &store,
-            modules: &modules,
-        };
+        let disk = Disk::new();
+        let reads = disk.reads();
         let planner = Planner::new();
-        let term = NodeTerm {
-            epoch: 1,
-            candidate: "me".parse().expect("id"),
-        };
+        let term = term();
         let mut lead = Leader::default();
         let f: NodeId = "f".parse().expect("id");
         let waiting = [DagId::new(9, 9)];
@@ -872,9 +887,8 @@ mod tests {
                 self.inner.has_module(hash)
             }
         }
-        let store = crate::store::Store::temporary().expect("store");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let modules = crate::store::ModuleStore::open(dir.path().join("m")).expect("modules");
+        let disk = Disk::new();
+        let store = &disk.store;
         let n = 10_000;
         let mut yaml = String::from("name: big\ntasks:\n");
         for i in 0..n {
@@ -912,10 +926,7 @@ mod tests {
             .put_tasks([(id, 7, &done)])
             .expect("a record to merge into");
         let reads = Counting {
-            inner: super::super::records::NodeReads {
-                store: &store,
-                modules: &modules,
-            },
+            inner: disk.reads(),
             scans: Cell::new(0),
             lookups: Cell::new(0),
         };
@@ -962,18 +973,10 @@ mod tests {
     /// snapshot); a new connection to it ends the wait.
     #[test]
     fn an_unreachable_follower_backs_off_until_it_connects() {
-        let store = crate::store::Store::temporary().expect("store");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let modules = crate::store::ModuleStore::open(dir.path().join("m")).expect("modules");
-        let reads = super::super::records::NodeReads {
-            store: &store,
-            modules: &modules,
-        };
+        let disk = Disk::new();
+        let reads = disk.reads();
         let planner = Planner::new();
-        let term = NodeTerm {
-            epoch: 1,
-            candidate: "me".parse().expect("id"),
-        };
+        let term = term();
         let mut lead = Leader::default();
         let f: NodeId = "f".parse().expect("id");
         let send = |lead: &mut Leader, now: u64| {

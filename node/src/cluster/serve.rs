@@ -144,53 +144,34 @@ impl Core {
                 after,
                 wait_ms,
             } => {
-                let deadline_ms = self.now.mono_ms + wait_ms.min(MAX_POLL_WAIT_MS);
-                if let Some(after) = after {
-                    if self.unflushed(&id) {
-                        // A long poll does not force a flush: the DAG's latest changes are
-                        // not on disk yet, so it is answered after the group commit that
-                        // puts them there (the next tick at the latest, at once when the
-                        // DAG finishes). A watcher asking again and again would otherwise
-                        // turn every question into a disk flush.
-                        let poll = Poll {
-                            asker,
-                            id,
-                            tasks,
-                            page,
-                            after,
-                            deadline_ms,
-                            unseen: true,
-                        };
-                        if let Err(e) = self.calls.poll(poll) {
-                            self.out.answer(asker, Err(e));
-                        }
-                        return Ok(());
-                    }
-                } else {
+                let Some(after) = after else {
                     // What a read shows is on disk: a task shown as done stays done.
                     self.flush(reads)?;
+                    let view = self.view(id, tasks, page.as_ref(), reads)?;
+                    self.out
+                        .answer(asker, view.map(|v| Answer::Dag(Box::new(v))));
+                    return Ok(());
+                };
+                let poll = Poll {
+                    asker,
+                    id,
+                    tasks,
+                    page,
+                    after,
+                    deadline_ms: self.now.mono_ms + wait_ms.min(MAX_POLL_WAIT_MS),
+                    unseen: true,
+                };
+                if self.unflushed(&id) {
+                    // A long poll does not force a flush: the DAG's latest changes are not
+                    // on disk yet, so it is answered after the group commit that puts them
+                    // there (the next tick at the latest, at once when the DAG finishes). A
+                    // watcher asking again and again would otherwise turn every question
+                    // into a disk flush.
+                    self.park_poll(poll);
+                    Ok(())
+                } else {
+                    self.look_at_poll(poll, reads)
                 }
-                let view = self.view(id, tasks, page.as_ref(), reads)?;
-                match (after, view) {
-                    (Some(after), Ok(v)) if v.version <= after && !v.state.is_terminal() => {
-                        let poll = Poll {
-                            asker,
-                            id,
-                            tasks,
-                            page,
-                            after,
-                            deadline_ms,
-                            unseen: false,
-                        };
-                        if let Err(e) = self.calls.poll(poll) {
-                            self.out.answer(asker, Err(e));
-                        }
-                    }
-                    (_, view) => self
-                        .out
-                        .answer(asker, view.map(|v| Answer::Dag(Box::new(v)))),
-                }
-                Ok(())
             }
             Call::List { limit } => {
                 self.flush(reads)?;
@@ -218,24 +199,27 @@ impl Core {
             || self.lead.as_ref().is_some_and(|l| l.planner.is_dirty(id))
     }
 
-    /// A poll parked unseen, after the flush that made its DAG durable: answered if the DAG
-    /// passed its version or finished, parked again (seen) otherwise.
-    pub(super) fn recheck_poll(&mut self, poll: Poll, reads: &dyn Reads) -> Result<(), StoreError> {
+    /// Answers a long poll if its DAG passed its version or finished (as the store and the
+    /// planner have it now); parks it, seen, otherwise.
+    pub(super) fn look_at_poll(&mut self, poll: Poll, reads: &dyn Reads) -> Result<(), StoreError> {
         match self.view(poll.id, poll.tasks, poll.page.as_ref(), reads)? {
-            Ok(v) if v.version <= poll.after && !v.state.is_terminal() => {
-                let asker = poll.asker;
-                if let Err(e) = self.calls.poll(Poll {
-                    unseen: false,
-                    ..poll
-                }) {
-                    self.out.answer(asker, Err(e));
-                }
-            }
+            Ok(v) if v.version <= poll.after && !v.state.is_terminal() => self.park_poll(Poll {
+                unseen: false,
+                ..poll
+            }),
             view => self
                 .out
                 .answer(poll.asker, view.map(|v| Answer::Dag(Box::new(v)))),
         }
         Ok(())
+    }
+
+    /// Parks a long poll, or answers why it cannot wait (too many waiting).
+    fn park_poll(&mut self, poll: Poll) {
+        let asker = poll.asker;
+        if let Err(e) = self.calls.poll(poll) {
+            self.out.answer(asker, Err(e));
+        }
     }
 
     /// Answers a long poll with the DAG as it stands.
@@ -312,77 +296,35 @@ mod tests {
     use bx3_protocol::dag::parse_dag;
     use bx3_protocol::ids::{DagId, ModuleHash, NodeId};
 
-    use crate::cluster::records::Reads;
-    use crate::cluster::{Call, Capacity, Config, Core, Input, JobDone, Now, Output};
-    use crate::election::{self, HashVotes};
-    use crate::store::{DagMeta, SpecRecord, Store, StoreError, TaskRecord};
+    use crate::cluster::records::NodeReads;
+    use crate::cluster::{Call, Input, JobDone, Now, Output};
+    use crate::store::{ModuleStore, SpecRecord, Store};
 
     use super::super::out::Answer;
 
     struct Node {
-        core: Core,
+        core: crate::cluster::Core,
         store: Store,
+        /// Holds the one module the tests' DAGs run (`module()`).
+        modules: ModuleStore,
+        _dir: tempfile::TempDir,
         now: u64,
         /// Writes flushed so far (how many `Output::Write`s had a `Flush` after them).
         durable_writes: usize,
         writes: usize,
     }
 
-    struct StoreReads<'a>(&'a Store);
-
-    impl Reads for StoreReads<'_> {
-        fn meta(&self, id: &DagId) -> Result<Option<DagMeta>, StoreError> {
-            self.0.meta(id)
-        }
-        fn spec(&self, id: &DagId) -> Result<Option<Arc<SpecRecord>>, StoreError> {
-            self.0.spec_shared(id)
-        }
-        fn tasks(&self, id: &DagId, count: usize) -> Result<Vec<TaskRecord>, StoreError> {
-            self.0.tasks(id, count)
-        }
-        fn task(&self, id: &DagId, idx: u32) -> Result<Option<TaskRecord>, StoreError> {
-            self.0.task(id, idx)
-        }
-        fn list(&self, limit: usize) -> Result<Vec<(DagId, DagMeta)>, StoreError> {
-            self.0.list(limit)
-        }
-        fn unfinished(&self) -> Result<Vec<DagId>, StoreError> {
-            self.0.unfinished()
-        }
-        fn has_module(&self, _: &ModuleHash) -> bool {
-            true
-        }
-    }
-
     impl Node {
         /// A node alone, the controller of its mesh of one.
         fn leader() -> Node {
-            let me: NodeId = "12D3KooWPollSelf".parse().expect("a node id");
-            let core = Core::new(
-                Config {
-                    me: me.clone(),
-                    election: election::Params::default(),
-                    ram_per_executor_mb: 128,
-                    min_free_ram_mb: 0,
-                    max_executors: None,
-                    version: "test".into(),
-                    private_mesh: false,
-                    seed: 3,
-                },
-                None,
-                Default::default(),
-                Arc::new(HashVotes::new(me)),
-                Capacity {
-                    executors: 2,
-                    available_ram_mb: 1024,
-                    ram_slots: 8,
-                    cpu_cores: 2,
-                    limited_by: None,
-                },
-            );
+            let dir = tempfile::tempdir().expect("a temporary directory");
+            let modules = ModuleStore::open(dir.path().join("modules")).expect("a module store");
+            modules.put(MODULE).expect("the module is stored");
             let mut node = Node {
-                core,
+                core: crate::fuzzing::lone_core("12D3KooWPollSelf", 3),
                 store: Store::temporary().expect("a temporary store"),
+                modules,
+                _dir: dir,
                 now: 1_700_000_000_000,
                 durable_writes: 0,
                 writes: 0,
@@ -409,7 +351,10 @@ mod tests {
                         wall_ms: self.now,
                     },
                     inputs,
-                    &StoreReads(&self.store),
+                    &NodeReads {
+                        store: &self.store,
+                        modules: &self.modules,
+                    },
                 )
                 .expect("a temporary store does not fail");
             for o in &out {
@@ -437,6 +382,16 @@ mod tests {
                 },
             }])
         }
+    }
+
+    /// The bytes of the module every test DAG runs (never executed: only its hash matters).
+    const MODULE: &[u8] = b"a module";
+
+    fn module() -> std::collections::BTreeMap<String, ModuleHash> {
+        let hash = crate::store::modules::sha256_hex(MODULE);
+        [("m.wasm".to_string(), hash.parse().expect("a hash"))]
+            .into_iter()
+            .collect()
     }
 
     /// The version call `call` was answered with, and whether every write before the
@@ -506,13 +461,10 @@ mod tests {
             "name: {name}\ntasks:\n  - {{id: a, module: m.wasm}}\n"
         ))
         .expect("a DAG");
-        let modules = [(
-            "m.wasm".to_string(),
-            "ab".repeat(32).parse().expect("a hash"),
-        )]
-        .into_iter()
-        .collect();
-        Arc::new(SpecRecord { dag, modules })
+        Arc::new(SpecRecord {
+            dag,
+            modules: module(),
+        })
     }
 
     /// Answers every Replicate to `peer` in `out` as the follower would (it holds them).
@@ -592,12 +544,6 @@ mod tests {
         for i in 0..400 {
             yaml.push_str(&format!("  - {{id: t{i}, module: m.wasm}}\n"));
         }
-        let modules = [(
-            "m.wasm".to_string(),
-            "ab".repeat(32).parse().expect("a hash"),
-        )]
-        .into_iter()
-        .collect();
         let id = DagId::new(1, 43);
         let mut out = node.step(vec![Input::Call {
             call: 1,
@@ -605,7 +551,7 @@ mod tests {
                 id,
                 spec: Arc::new(SpecRecord {
                     dag: parse_dag(&yaml).expect("a DAG"),
-                    modules,
+                    modules: module(),
                 }),
                 source: None,
             },
@@ -673,18 +619,15 @@ mod tests {
             "name: polled\ntasks:\n  - {id: a, module: m.wasm}\n  - {id: b, module: m.wasm}\n  - {id: c, module: m.wasm}\n",
         )
         .expect("a DAG");
-        let modules = [(
-            "m.wasm".to_string(),
-            "ab".repeat(32).parse().expect("a hash"),
-        )]
-        .into_iter()
-        .collect();
         let id = DagId::new(1, 42);
         let mut out = node.step(vec![Input::Call {
             call: 1,
             what: Call::Submit {
                 id,
-                spec: Arc::new(SpecRecord { dag, modules }),
+                spec: Arc::new(SpecRecord {
+                    dag,
+                    modules: module(),
+                }),
                 source: None,
             },
         }]);
