@@ -36,7 +36,18 @@ use crate::store::{DagMeta, SpecRecord, Store, TaskRecord};
 
 /// The envelope: size, version, then any CBOR body; what decodes re-encodes.
 pub fn wire_envelope(data: &[u8]) {
-    if let Ok(value) = wire::decode::<serde_cbor::Value>(data, wire::MAX_RPC) {
+    // The one-pass read of the usual layout takes what the general two-pass read takes, as
+    // the same value, and refuses what it refuses. (A wrong version inside a message that is
+    // also malformed further on may be refused for either reason.)
+    let fast = wire::decode::<serde_cbor::Value>(data, wire::MAX_RPC);
+    let general = wire::decode_general::<serde_cbor::Value>(data, wire::MAX_RPC);
+    match (&fast, &general) {
+        (Ok(a), Ok(b)) => assert_eq!(a, b, "both reads decode the same value"),
+        (_, Err(wire::CodecError::Version { .. })) => assert_eq!(fast, general),
+        (Err(_), Err(_)) => {}
+        (a, b) => panic!("one read takes what the other refuses: {a:?} / {b:?}"),
+    }
+    if let Ok(value) = fast {
         if let Ok(bytes) = wire::encode(&value, wire::MAX_RPC) {
             let again = wire::decode::<serde_cbor::Value>(&bytes, wire::MAX_RPC);
             assert!(again.is_ok(), "an encoded envelope must decode");

@@ -1,6 +1,6 @@
 //! The versioned envelope every mesh message travels in, with size limits.
 //!
-//! The version also lives in the protocol names (`/bx3/rpc/1`, topic `bx3/mesh/1`); inside a
+//! The version also lives in the protocol names (`/bx3/rpc/2`, topic `bx3/mesh/2`); inside a
 //! version, changes are additive only (new fields carry `#[serde(default)]`, new enum variants
 //! are appended, retired ones keep their place). Decoding checks the size before anything
 //! else, then the version, then the body, and says which of them was wrong.
@@ -61,21 +61,62 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], max: usize) -> Result<T, CodecE
             max,
         });
     }
-    let head: Head =
-        serde_cbor::from_slice(bytes).map_err(|e| CodecError::Malformed(e.to_string()))?;
+    let malformed = |e: serde_cbor::Error| CodecError::Malformed(e.to_string());
+    // What `encode` writes, `{"v": N, "body": ...}` in that order, is read in one pass:
+    // the version from its fixed place, then the body straight from the bytes after it.
+    if let Some((v, body)) = split(bytes) {
+        if v != VERSION {
+            return Err(CodecError::Version { got: v });
+        }
+        let mut de = serde_cbor::Deserializer::from_slice(body);
+        let msg = T::deserialize(&mut de).map_err(malformed)?;
+        de.end().map_err(malformed)?;
+        return Ok(msg);
+    }
+    // Any other shape of the same map (keys in another order, more keys).
+    decode_general(bytes, max)
+}
+
+/// `decode` for any layout of the envelope map: the version first, then the whole message
+/// again for the body. Public for the fuzz target that checks `decode` agrees with it.
+#[doc(hidden)]
+pub fn decode_general<T: DeserializeOwned>(bytes: &[u8], max: usize) -> Result<T, CodecError> {
+    if bytes.len() > max {
+        return Err(CodecError::TooLarge {
+            size: bytes.len(),
+            max,
+        });
+    }
+    let malformed = |e: serde_cbor::Error| CodecError::Malformed(e.to_string());
+    let head: Head = serde_cbor::from_slice(bytes).map_err(malformed)?;
     if head.v != VERSION {
         return Err(CodecError::Version { got: head.v });
     }
-    let msg: In<T> =
-        serde_cbor::from_slice(bytes).map_err(|e| CodecError::Malformed(e.to_string()))?;
+    let msg: In<T> = serde_cbor::from_slice(bytes).map_err(malformed)?;
     Ok(msg.body)
+}
+
+/// `a2 61 'v' <unsigned> 64 'body' <rest>` -> (version, rest): the envelope as `encode`
+/// writes it (a two-entry map, "v" first). None for any other layout.
+fn split(bytes: &[u8]) -> Option<(u16, &[u8])> {
+    let rest = bytes.strip_prefix(b"\xa2\x61v")?;
+    let (v, rest) = match *rest.first()? {
+        n @ 0x00..=0x17 => (u16::from(n), &rest[1..]),
+        0x18 => (u16::from(*rest.get(1)?), rest.get(2..)?),
+        0x19 => (
+            u16::from_be_bytes([*rest.get(1)?, *rest.get(2)?]),
+            rest.get(3..)?,
+        ),
+        _ => return None,
+    };
+    Some((v, rest.strip_prefix(b"\x64body")?))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
     enum Msg {
         Ping { n: u32 },
         Text(String),
@@ -134,6 +175,59 @@ mod tests {
                     Err(CodecError::Malformed(_))
                 ),
                 "{garbage:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_one_pass_read_agrees_with_the_general_one() {
+        // The layout `encode` writes takes the one-pass path; the same map with its keys
+        // swapped or an extra key takes the general path; both give the same answers.
+        #[derive(Serialize)]
+        struct Swapped<'a> {
+            body: &'a Msg,
+            v: u16,
+        }
+        #[derive(Serialize)]
+        struct Extra<'a> {
+            v: u16,
+            body: &'a Msg,
+            x: u8,
+        }
+        let msg = Msg::Text("hello".into());
+        let ours = encode(&msg, MAX_GOSSIP).expect("encodes");
+        assert!(split(&ours).is_some());
+        for v in [2u16, 3, 24, 300] {
+            let swapped = serde_cbor::to_vec(&Swapped { body: &msg, v }).expect("encodes");
+            let extra = serde_cbor::to_vec(&Extra {
+                v,
+                body: &msg,
+                x: 1,
+            })
+            .expect("encodes");
+            let front = serde_cbor::to_vec(&Out { v, body: &msg }).expect("encodes");
+            assert!(split(&swapped).is_none() && split(&extra).is_none());
+            assert_eq!(split(&front).map(|(got, _)| got), Some(v));
+            let want = if v == VERSION {
+                Ok(msg.clone())
+            } else {
+                Err(CodecError::Version { got: v })
+            };
+            for bytes in [&swapped, &extra, &front] {
+                assert_eq!(decode::<Msg>(bytes, MAX_GOSSIP), want, "{bytes:02x?}");
+            }
+        }
+        // Trailing bytes after the body, or a body cut short, are malformed on either path.
+        let mut trailing = ours.clone();
+        trailing.push(0);
+        let cut = &ours[..ours.len() - 1];
+        for bad in [&trailing[..], cut, &ours[..3], &ours[..9]] {
+            assert!(
+                matches!(
+                    decode::<Msg>(bad, MAX_GOSSIP),
+                    Err(CodecError::Malformed(_))
+                ),
+                "{bad:02x?}"
             );
         }
     }
