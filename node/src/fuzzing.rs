@@ -168,6 +168,9 @@ impl Reads for StoreReads<'_> {
     fn spec(&self, id: &DagId) -> Result<Option<Arc<SpecRecord>>, crate::store::StoreError> {
         self.0.spec_shared(id)
     }
+    fn task_count(&self, id: &DagId) -> Result<Option<usize>, crate::store::StoreError> {
+        self.0.task_count(id)
+    }
     fn tasks(&self, id: &DagId, count: usize) -> Result<Vec<TaskRecord>, crate::store::StoreError> {
         self.0.tasks(id, count)
     }

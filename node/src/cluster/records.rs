@@ -18,6 +18,11 @@ use crate::store::{DagMeta, SpecRecord, Store, StoreError, TaskRecord};
 pub trait Reads {
     fn meta(&self, id: &DagId) -> Result<Option<DagMeta>, StoreError>;
     fn spec(&self, id: &DagId) -> Result<Option<Arc<SpecRecord>>, StoreError>;
+    /// How many tasks the DAG's spec has, `None` without a spec: what a peer's task index
+    /// is checked against. The store answers it without keeping the decoded spec.
+    fn task_count(&self, id: &DagId) -> Result<Option<usize>, StoreError> {
+        Ok(self.spec(id)?.map(|s| s.dag.tasks.len()))
+    }
     /// All `count` task records of a DAG, defaults for tasks never written.
     fn tasks(&self, id: &DagId, count: usize) -> Result<Vec<TaskRecord>, StoreError>;
     /// One task record, `None` if never written (one lookup, not a scan of the DAG).
@@ -69,6 +74,9 @@ impl Reads for NodeReads<'_> {
     }
     fn spec(&self, id: &DagId) -> Result<Option<Arc<SpecRecord>>, StoreError> {
         self.store.spec_shared(id)
+    }
+    fn task_count(&self, id: &DagId) -> Result<Option<usize>, StoreError> {
+        self.store.task_count(id)
     }
     fn tasks(&self, id: &DagId, count: usize) -> Result<Vec<TaskRecord>, StoreError> {
         self.store.tasks(id, count)
@@ -147,6 +155,13 @@ impl Reads for View<'_> {
         match self.overlay.specs.get(id) {
             Some(s) => Ok(Some(Arc::clone(s))),
             None => self.base.spec(id),
+        }
+    }
+
+    fn task_count(&self, id: &DagId) -> Result<Option<usize>, StoreError> {
+        match self.overlay.specs.get(id) {
+            Some(s) => Ok(Some(s.dag.tasks.len())),
+            None => self.base.task_count(id),
         }
     }
 

@@ -362,8 +362,10 @@ pub fn merge_deltas<'a>(
     deltas: impl Iterator<Item = &'a DagDelta>,
 ) -> Result<Merged, StoreError> {
     struct Acc {
-        spec: Option<Arc<SpecRecord>>,
-        new_spec: bool,
+        /// Tasks in the DAG's spec (checked specs only), `None` until one is seen.
+        count: Option<usize>,
+        /// A spec this node did not have, from a delta: written with the DAG.
+        new_spec: Option<Arc<SpecRecord>>,
         meta: Option<DagMeta>,
         meta_changed: bool,
         /// Records read (or merged) so far, by index; only the indices the deltas touch.
@@ -378,8 +380,10 @@ pub fn merge_deltas<'a>(
             std::collections::hash_map::Entry::Vacant(e) => {
                 out.dags.push(d.id);
                 e.insert(Acc {
-                    spec: reads.spec(&d.id)?,
-                    new_spec: false,
+                    // The count, not the spec: a follower does not decode (or keep) a
+                    // 100,000-task spec to check the indices of a batch's records.
+                    count: reads.task_count(&d.id)?,
+                    new_spec: None,
                     meta: reads.meta(&d.id)?,
                     meta_changed: false,
                     tasks: HashMap::new(),
@@ -387,7 +391,7 @@ pub fn merge_deltas<'a>(
                 })
             }
         };
-        if acc.spec.is_none() {
+        if acc.count.is_none() {
             if let Some(spec) = &d.spec {
                 let spec: SpecRecord = spec.clone().into();
                 for hash in spec.modules.values() {
@@ -395,17 +399,16 @@ pub fn merge_deltas<'a>(
                         out.missing_modules.push(hash.clone());
                     }
                 }
-                acc.spec = Some(Arc::new(spec));
-                acc.new_spec = true;
+                acc.count = Some(spec.dag.tasks.len());
+                acc.new_spec = Some(Arc::new(spec));
             }
         }
-        let Some(spec) = acc.spec.clone() else {
+        let Some(n) = acc.count else {
             // Records of a DAG whose spec we never saw cannot be checked: wait for a
             // snapshot (it always carries the spec).
             out.refused += d.tasks.len() + 1;
             continue;
         };
-        let n = spec.dag.tasks.len();
         for (idx, incoming) in &d.tasks {
             // An index from a peer: checked against the spec before anything is read.
             if *idx as usize >= n {
@@ -443,14 +446,15 @@ pub fn merge_deltas<'a>(
         let Some(acc) = accs.remove(id) else {
             continue;
         };
-        let (Some(spec), Some(meta)) = (acc.spec, acc.meta) else {
+        let (Some(_), Some(meta)) = (acc.count, acc.meta) else {
             continue;
         };
         // A new DAG's spec and meta first (the store writes the spec before the meta), then
         // the task records: a crash in between leaves a DAG that a later merge completes,
         // never a meta without its spec, and the counts are recomputed from the records
         // whenever a controller loads it.
-        if acc.new_spec {
+        let new_dag = acc.new_spec.is_some();
+        if let Some(spec) = acc.new_spec {
             out.writes.push(Write::Dag {
                 id: *id,
                 meta: meta.clone(),
@@ -466,7 +470,7 @@ pub fn merge_deltas<'a>(
                 .collect();
             out.writes.push(Write::Tasks(records));
         }
-        if acc.meta_changed && !acc.new_spec {
+        if acc.meta_changed && !new_dag {
             out.writes.push(Write::Meta(*id, meta));
         }
     }
@@ -861,13 +865,18 @@ mod tests {
             inner: super::super::records::NodeReads<'a>,
             scans: Cell<usize>,
             lookups: Cell<usize>,
+            specs: Cell<usize>,
         }
         impl Reads for Counting<'_> {
             fn meta(&self, id: &DagId) -> Result<Option<DagMeta>, StoreError> {
                 self.inner.meta(id)
             }
             fn spec(&self, id: &DagId) -> Result<Option<Arc<SpecRecord>>, StoreError> {
+                self.specs.set(self.specs.get() + 1);
                 self.inner.spec(id)
+            }
+            fn task_count(&self, id: &DagId) -> Result<Option<usize>, StoreError> {
+                self.inner.task_count(id)
             }
             fn tasks(&self, id: &DagId, count: usize) -> Result<Vec<TaskRecord>, StoreError> {
                 self.scans.set(self.scans.get() + 1);
@@ -929,6 +938,7 @@ mod tests {
             inner: disk.reads(),
             scans: Cell::new(0),
             lookups: Cell::new(0),
+            specs: Cell::new(0),
         };
         let running = TaskRecord {
             state: bx3_protocol::api::TaskState::Running,
@@ -952,6 +962,11 @@ mod tests {
         let merged = merge_deltas(&reads, std::iter::once(&delta)).expect("merge");
         assert_eq!(reads.scans.get(), 0, "no scan of the DAG");
         assert_eq!(reads.lookups.get(), 2, "one lookup per record touched");
+        assert_eq!(
+            reads.specs.get(),
+            0,
+            "the spec is not decoded, only counted"
+        );
         assert_eq!(
             merged.refused, 1,
             "the index past the end is refused unread"

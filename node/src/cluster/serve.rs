@@ -255,14 +255,22 @@ impl Core {
         reads: &dyn Reads,
     ) -> Result<Result<DagView, Refusal>, StoreError> {
         let view = self.out.view(reads);
-        let (Some(meta), Some(spec)) = (view.meta(&id)?, view.spec(&id)?) else {
-            return Ok(Err(Refusal::NotFound(format!("DAG {id}"))));
+        let not_found = || Ok(Err(Refusal::NotFound(format!("DAG {id}"))));
+        let Some(meta) = view.meta(&id)? else {
+            return not_found();
         };
-        let records = if tasks || page.is_some() {
-            view.tasks(&id, spec.dag.tasks.len())?
-        } else {
-            Vec::new()
+        if !tasks && page.is_none() {
+            // The head only (what a long poll asks for): no decoded spec needed, so a
+            // follower watched on a 100,000-task DAG does not decode or keep its spec.
+            if view.task_count(&id)?.is_none() {
+                return not_found();
+            }
+            return Ok(Ok(view::head(id, &meta)));
+        }
+        let Some(spec) = view.spec(&id)? else {
+            return not_found();
         };
+        let records = view.tasks(&id, spec.dag.tasks.len())?;
         Ok(Ok(view::dag_view(id, &meta, &spec, &records, tasks, page)))
     }
 

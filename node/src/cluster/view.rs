@@ -7,18 +7,9 @@ use bx3_protocol::ids::DagId;
 
 use crate::store::{AttemptRecord, DagMeta, SpecRecord, TaskRecord};
 
-/// A DAG as users see it: with all its tasks (`with_tasks`), none, or (`page`) the page of
-/// tasks the query selects. Only the tasks on the page are turned into views, so a page of a
-/// 100,000-task DAG costs a scan of task states, not 100,000 views.
-pub fn dag_view(
-    id: DagId,
-    meta: &DagMeta,
-    spec: &SpecRecord,
-    tasks: &[TaskRecord],
-    with_tasks: bool,
-    page: Option<&TaskQuery>,
-) -> DagView {
-    let mut view = DagView {
+/// A DAG's view without its tasks: all of it comes from the meta record.
+pub fn head(id: DagId, meta: &DagMeta) -> DagView {
+    DagView {
         id: id.to_string(),
         name: meta.name.clone(),
         state: meta.state,
@@ -32,7 +23,21 @@ pub fn dag_view(
         version: meta.version,
         coordinator: None,
         page: None,
-    };
+    }
+}
+
+/// A DAG as users see it: with all its tasks (`with_tasks`), none, or (`page`) the page of
+/// tasks the query selects. Only the tasks on the page are turned into views, so a page of a
+/// 100,000-task DAG costs a scan of task states, not 100,000 views.
+pub fn dag_view(
+    id: DagId,
+    meta: &DagMeta,
+    spec: &SpecRecord,
+    tasks: &[TaskRecord],
+    with_tasks: bool,
+    page: Option<&TaskQuery>,
+) -> DagView {
+    let mut view = head(id, meta);
     let default = TaskRecord::default();
     if let Some(query) = page {
         // A task without a record yet is pending (as `Planner::add` reads it).

@@ -154,14 +154,28 @@ pub struct Store {
     specs: sled::Tree,
     tasks: sled::Tree,
     quarantine: sled::Tree,
-    /// Decoded specs, shared: a spec is written once and read again on every replication
-    /// batch that touches its DAG (decoding a 10,000-task spec and checking it costs
-    /// milliseconds). Bounded; emptied when full.
-    spec_cache: Arc<std::sync::Mutex<HashMap<DagId, Arc<SpecRecord>>>>,
+    /// Decoded specs, shared: decoding a 10,000-task spec and checking it costs
+    /// milliseconds, and the API reads it for every task page. Bounded by the tasks it
+    /// holds (a decoded 100,000-task spec is tens of MB); emptied when full.
+    spec_cache: Arc<std::sync::Mutex<SpecCache>>,
+    /// Tasks per DAG, known without its decoded spec: what a replicated batch's task
+    /// indices are checked against. Bounded; emptied when full.
+    task_counts: Arc<std::sync::Mutex<HashMap<DagId, usize>>>,
+}
+
+#[derive(Default)]
+struct SpecCache {
+    specs: HashMap<DagId, Arc<SpecRecord>>,
+    /// Tasks of the specs held.
+    tasks: usize,
 }
 
 /// Most decoded specs a store keeps in memory.
 const SPEC_CACHE: usize = 64;
+/// Most tasks, summed over the decoded specs a store keeps; a bigger spec is not kept.
+const SPEC_CACHE_TASKS: usize = 250_000;
+/// Most DAGs whose task count a store keeps.
+const TASK_COUNTS: usize = 65_536;
 
 const DAGS: &str = "dags.v1";
 const SPECS: &str = "specs.v1";
@@ -266,6 +280,7 @@ impl Store {
             meta: db.open_tree(META)?,
             quarantine: db.open_tree(QUARANTINE)?,
             spec_cache: Arc::default(),
+            task_counts: Arc::default(),
             db,
         })
     }
@@ -323,7 +338,13 @@ impl Store {
     /// Moves every record of DAG `id` (meta, spec, task records) to quarantine: one of them
     /// failed its check, and a DAG is only usable whole.
     fn quarantine_dag(&self, id: &DagId, reason: &str) -> Result<(), StoreError> {
-        self.specs_cached().remove(id);
+        {
+            let mut cache = self.specs_cached();
+            if let Some(spec) = cache.specs.remove(id) {
+                cache.tasks -= spec.dag.tasks.len();
+            }
+        }
+        self.counts().remove(id);
         let why = format!("DAG {id}: {reason}");
         if let Some(v) = self.dags.get(id.as_bytes())? {
             self.quarantine_record(DAGS, id.as_bytes(), &v, &why)?;
@@ -392,6 +413,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         self.specs.insert(id.as_bytes(), encode(spec)?)?;
         self.dags.insert(id.as_bytes(), encode(meta)?)?;
+        self.count_tasks(id, spec.dag.tasks.len());
         Ok(())
     }
 
@@ -492,32 +514,63 @@ impl Store {
         }
     }
 
-    /// The DAG's spec, checked (`ValidDag` decodes only through `verify`).
     /// The DAG's spec, decoded once and shared (see `spec_cache`).
     pub fn spec_shared(&self, id: &DagId) -> Result<Option<Arc<SpecRecord>>, StoreError> {
-        if let Some(spec) = self.specs_cached().get(id) {
+        if let Some(spec) = self.specs_cached().specs.get(id) {
             return Ok(Some(Arc::clone(spec)));
         }
         let Some(spec) = self.spec(id)?.map(Arc::new) else {
             return Ok(None);
         };
-        let mut cache = self.specs_cached();
-        if cache.len() >= SPEC_CACHE {
-            cache.clear();
+        let n = spec.dag.tasks.len();
+        if n <= SPEC_CACHE_TASKS {
+            let mut cache = self.specs_cached();
+            if cache.specs.len() >= SPEC_CACHE || cache.tasks + n > SPEC_CACHE_TASKS {
+                *cache = SpecCache::default();
+            }
+            if cache.specs.insert(*id, Arc::clone(&spec)).is_none() {
+                cache.tasks += n;
+            }
         }
-        cache.insert(*id, Arc::clone(&spec));
         Ok(Some(spec))
     }
 
-    fn specs_cached(&self) -> std::sync::MutexGuard<'_, HashMap<DagId, Arc<SpecRecord>>> {
+    fn specs_cached(&self) -> std::sync::MutexGuard<'_, SpecCache> {
         self.spec_cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn spec(&self, id: &DagId) -> Result<Option<SpecRecord>, StoreError> {
-        match self.specs.get(id.as_bytes())? {
-            Some(v) => self.dag_record(SPECS, id, &v),
-            None => Ok(None),
+    fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<DagId, usize>> {
+        self.task_counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn count_tasks(&self, id: &DagId, n: usize) {
+        let mut counts = self.counts();
+        if counts.len() >= TASK_COUNTS {
+            counts.clear();
         }
+        counts.insert(*id, n);
+    }
+
+    /// The DAG's spec, checked (`ValidDag` decodes only through `verify`).
+    pub fn spec(&self, id: &DagId) -> Result<Option<SpecRecord>, StoreError> {
+        let spec: Option<SpecRecord> = match self.specs.get(id.as_bytes())? {
+            Some(v) => self.dag_record(SPECS, id, &v)?,
+            None => None,
+        };
+        if let Some(spec) = &spec {
+            self.count_tasks(id, spec.dag.tasks.len());
+        }
+        Ok(spec)
+    }
+
+    /// How many tasks the DAG's spec has, `None` without a spec. Decodes the spec only the
+    /// first time (and does not keep it): a follower checks every replicated task index
+    /// against it without holding a 100,000-task spec in memory.
+    pub fn task_count(&self, id: &DagId) -> Result<Option<usize>, StoreError> {
+        if let Some(n) = self.counts().get(id) {
+            return Ok(Some(*n));
+        }
+        Ok(self.spec(id)?.map(|s| s.dag.tasks.len()))
     }
 
     /// All `count` task records of a DAG, defaults for tasks never written.
@@ -659,6 +712,50 @@ mod tests {
         assert_eq!(find("01b0", 10), vec![ids[3]]);
         assert_eq!(find(&ids[2].to_string(), 10), vec![ids[2]]);
         assert!(find("01c0", 10).is_empty());
+    }
+
+    #[test]
+    fn task_counts_need_no_decoded_spec_and_the_spec_cache_is_bounded_by_tasks() {
+        let store = Store::temporary().expect("store");
+        let big = |n: usize| {
+            let mut yaml = String::from("name: big\ntasks:\n");
+            for i in 0..n {
+                yaml.push_str(&format!("  - {{id: t{i}, module: m.wasm}}\n"));
+            }
+            SpecRecord {
+                dag: parse_dag(&yaml).expect("valid dag"),
+                ..spec()
+            }
+        };
+        let (a, b, c) = (DagId::new(1, 1), DagId::new(2, 2), DagId::new(3, 3));
+        store
+            .insert_dag(&a, &meta(DagState::Running), &spec())
+            .expect("insert");
+        // Written: counted, nothing decoded or kept.
+        assert_eq!(store.task_count(&a).expect("count"), Some(2));
+        assert_eq!(store.task_count(&b).expect("count"), None);
+        assert_eq!(store.specs_cached().specs.len(), 0);
+        // A count lost (as after a restart) comes back from the spec, which is not kept.
+        store.counts().clear();
+        assert_eq!(store.task_count(&a).expect("count"), Some(2));
+        assert_eq!(store.specs_cached().specs.len(), 0);
+        // Decoded specs are shared while they fit the task budget ...
+        let half = SPEC_CACHE_TASKS / 2;
+        store
+            .insert_dag(&b, &meta(DagState::Running), &big(half))
+            .expect("insert");
+        store
+            .insert_dag(&c, &meta(DagState::Running), &big(half + 1))
+            .expect("insert");
+        let one = store.spec_shared(&b).expect("read").expect("spec");
+        let again = store.spec_shared(&b).expect("read").expect("spec");
+        assert!(Arc::ptr_eq(&one, &again), "decoded once");
+        assert_eq!(store.specs_cached().tasks, half);
+        // ... and the next one that would pass it empties the cache first.
+        store.spec_shared(&c).expect("read").expect("spec");
+        let cache = store.specs_cached();
+        assert_eq!(cache.tasks, half + 1);
+        assert!(cache.specs.contains_key(&c) && !cache.specs.contains_key(&b));
     }
 
     #[test]
