@@ -45,23 +45,12 @@ struct In<T> {
 pub fn encode<T: Serialize>(body: &T, max: usize) -> Result<Vec<u8>, CodecError> {
     let bytes = serde_cbor::to_vec(&Out { v: VERSION, body })
         .map_err(|e| CodecError::Encode(e.to_string()))?;
-    if bytes.len() > max {
-        return Err(CodecError::TooLarge {
-            size: bytes.len(),
-            max,
-        });
-    }
+    within(bytes.len(), max)?;
     Ok(bytes)
 }
 
 pub fn decode<T: DeserializeOwned>(bytes: &[u8], max: usize) -> Result<T, CodecError> {
-    if bytes.len() > max {
-        return Err(CodecError::TooLarge {
-            size: bytes.len(),
-            max,
-        });
-    }
-    let malformed = |e: serde_cbor::Error| CodecError::Malformed(e.to_string());
+    within(bytes.len(), max)?;
     // What `encode` writes, `{"v": N, "body": ...}` in that order, is read in one pass:
     // the version from its fixed place, then the body straight from the bytes after it.
     if let Some((v, body)) = split(bytes) {
@@ -81,19 +70,24 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], max: usize) -> Result<T, CodecE
 /// again for the body. Public for the fuzz target that checks `decode` agrees with it.
 #[doc(hidden)]
 pub fn decode_general<T: DeserializeOwned>(bytes: &[u8], max: usize) -> Result<T, CodecError> {
-    if bytes.len() > max {
-        return Err(CodecError::TooLarge {
-            size: bytes.len(),
-            max,
-        });
-    }
-    let malformed = |e: serde_cbor::Error| CodecError::Malformed(e.to_string());
+    within(bytes.len(), max)?;
     let head: Head = serde_cbor::from_slice(bytes).map_err(malformed)?;
     if head.v != VERSION {
         return Err(CodecError::Version { got: head.v });
     }
     let msg: In<T> = serde_cbor::from_slice(bytes).map_err(malformed)?;
     Ok(msg.body)
+}
+
+fn within(size: usize, max: usize) -> Result<(), CodecError> {
+    if size > max {
+        return Err(CodecError::TooLarge { size, max });
+    }
+    Ok(())
+}
+
+fn malformed(e: serde_cbor::Error) -> CodecError {
+    CodecError::Malformed(e.to_string())
 }
 
 /// `a2 61 'v' <unsigned> 64 'body' <rest>` -> (version, rest): the envelope as `encode`

@@ -825,12 +825,15 @@ mod tests {
             lead.answer(&f, Ok(&Response::Replicated { seq: 0 }), 0, None),
             Some(0)
         );
-        for seq in 1..=5 {
-            lead.log.push_back(Arc::new(Batch {
-                seq,
-                dags: Vec::new(),
-            }));
-        }
+        let made = |lead: &mut Leader, seqs: std::ops::RangeInclusive<u64>| {
+            for seq in seqs {
+                lead.log.push_back(Arc::new(Batch {
+                    seq,
+                    dags: Vec::new(),
+                }));
+            }
+        };
+        made(&mut lead, 1..=5);
         assert!(send(&mut lead, 5, now + 1, false).is_empty(), "paced");
         assert_eq!(
             send(&mut lead, 5, now + 1, true),
@@ -841,12 +844,7 @@ mod tests {
             lead.answer(&f, Ok(&Response::Replicated { seq: 5 }), 5, None),
             Some(5)
         );
-        for seq in 6..=8 {
-            lead.log.push_back(Arc::new(Batch {
-                seq,
-                dags: Vec::new(),
-            }));
-        }
+        made(&mut lead, 6..=8);
         assert!(send(&mut lead, 8, now + PACE_MS, false).is_empty());
         assert_eq!(
             send(&mut lead, 8, now + 1 + PACE_MS, false),

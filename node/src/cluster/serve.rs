@@ -464,15 +464,29 @@ mod tests {
         (node, peer)
     }
 
-    fn one_task_dag(name: &str) -> Arc<SpecRecord> {
-        let dag = parse_dag(&format!(
-            "name: {name}\ntasks:\n  - {{id: a, module: m.wasm}}\n"
-        ))
-        .expect("a DAG");
+    fn spec_of(yaml: &str) -> Arc<SpecRecord> {
         Arc::new(SpecRecord {
-            dag,
+            dag: parse_dag(yaml).expect("a DAG"),
             modules: module(),
         })
+    }
+
+    fn one_task_dag(name: &str) -> Arc<SpecRecord> {
+        spec_of(&format!(
+            "name: {name}\ntasks:\n  - {{id: a, module: m.wasm}}\n"
+        ))
+    }
+
+    /// A user's submission, as the API hands it to the core.
+    fn submit(call: u64, id: DagId, spec: Arc<SpecRecord>) -> Input {
+        Input::Call {
+            call,
+            what: Call::Submit {
+                id,
+                spec,
+                source: None,
+            },
+        }
     }
 
     /// Answers every Replicate to `peer` in `out` as the follower would (it holds them).
@@ -507,14 +521,7 @@ mod tests {
     #[test]
     fn a_submission_is_replicated_at_once_even_right_after_a_batch() {
         let (mut node, peer) = leader_and_peer();
-        let out = node.step(vec![Input::Call {
-            call: 1,
-            what: Call::Submit {
-                id: DagId::new(1, 50),
-                spec: one_task_dag("first"),
-                source: None,
-            },
-        }]);
+        let out = node.step(vec![submit(1, DagId::new(1, 50), one_task_dag("first"))]);
         let answers = replicated(&out, &peer);
         assert_eq!(
             answers.len(),
@@ -528,14 +535,7 @@ mod tests {
         );
         let out = node.step_after(
             1,
-            vec![Input::Call {
-                call: 2,
-                what: Call::Submit {
-                    id: DagId::new(1, 51),
-                    spec: one_task_dag("second"),
-                    source: None,
-                },
-            }],
+            vec![submit(2, DagId::new(1, 51), one_task_dag("second"))],
         );
         let answers = replicated(&out, &peer);
         assert_eq!(answers.len(), 1, "not paced: a submitter waits ({out:?})");
@@ -553,17 +553,7 @@ mod tests {
             yaml.push_str(&format!("  - {{id: t{i}, module: m.wasm}}\n"));
         }
         let id = DagId::new(1, 43);
-        let mut out = node.step(vec![Input::Call {
-            call: 1,
-            what: Call::Submit {
-                id,
-                spec: Arc::new(SpecRecord {
-                    dag: parse_dag(&yaml).expect("a DAG"),
-                    modules: module(),
-                }),
-                source: None,
-            },
-        }]);
+        let mut out = node.step(vec![submit(1, id, spec_of(&yaml))]);
         let (mut in_flight, mut most, mut rid) = (Vec::new(), 0, 0);
         for _ in 0..rounds {
             let mut answers = Vec::new();
@@ -623,22 +613,12 @@ mod tests {
     #[test]
     fn a_long_poll_waits_for_the_group_commit_instead_of_forcing_a_flush() {
         let mut node = Node::leader();
-        let dag = parse_dag(
-            "name: polled\ntasks:\n  - {id: a, module: m.wasm}\n  - {id: b, module: m.wasm}\n  - {id: c, module: m.wasm}\n",
-        )
-        .expect("a DAG");
         let id = DagId::new(1, 42);
-        let mut out = node.step(vec![Input::Call {
-            call: 1,
-            what: Call::Submit {
-                id,
-                spec: Arc::new(SpecRecord {
-                    dag,
-                    modules: module(),
-                }),
-                source: None,
-            },
-        }]);
+        let mut out = node.step(vec![submit(
+            1,
+            id,
+            spec_of("name: polled\ntasks:\n  - {id: a, module: m.wasm}\n  - {id: b, module: m.wasm}\n  - {id: c, module: m.wasm}\n"),
+        )]);
         for _ in 0..20 {
             out.extend(node.step(vec![Input::Tick]));
         }
